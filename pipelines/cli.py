@@ -1,0 +1,51 @@
+"""The `vista` command line. Settings come from params.yaml only: `--set key=value` and `--profile`
+override it, validated the same way."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from vista.config import ParamsError, load_params
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="VISTA-Net training pipeline.")
+console = Console()
+
+ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="settings file")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override, e.g. train.epochs=2")]
+ProfileOpt = Annotated[str | None, typer.Option("--profile", help="profile from params.yaml (or $VISTA_PROFILE)")]
+
+
+def _load(params: Path, overrides: list[str] | None, profile: str | None):  # noqa: ANN202
+    try:
+        return load_params(params, overrides or [], profile)
+    except ParamsError as err:
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def train(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, profile: ProfileOpt = None) -> None:
+    """Train the configured model and report val metrics before and after."""
+    from . import train as train_stage
+
+    p = _load(params, set_, profile)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    train_stage.run(p, console)
+
+
+@app.command()
+def models() -> None:
+    """List the registered model names."""
+    from vista.models import list_models
+
+    for name in list_models():
+        console.print(name)
+
+
+if __name__ == "__main__":
+    app()

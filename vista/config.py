@@ -1,0 +1,207 @@
+"""Typed settings over ``params.yaml``, the single source of every setting.
+
+``load_params(path, overrides, profile)`` reads the file, applies a profile (a named set of dotted
+overrides stored in the file, e.g. ``smoke``) and then ``key.sub=value`` overrides, and validates the
+result. Unknown keys and bad values raise :class:`ParamsError` naming the key and the value.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+Task = Literal["depth", "seg", "normal"]
+PROFILE_ENV = "VISTA_PROFILE"
+
+
+class ParamsError(ValueError):
+    """A settings file, profile or override is invalid; the message names the key and value."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AttentionParams(_Strict):
+    """Overrides of the model's attention preset; ``None`` keeps the preset's value."""
+
+    rank: int | None = Field(None, ge=0)
+    inference_iters: int | None = Field(None, ge=1)
+    mf_iters: int | None = Field(None, ge=1)
+    channel_init: Literal["uniform", "learned", "random"] | None = None
+    sample_channels: bool | None = None
+    dilations: tuple[int, ...] | None = None
+    kernel_size: int | None = Field(None, ge=1)
+    width: int | None = Field(None, ge=1)
+    senders: tuple[str, ...] | None = None
+    receivers: tuple[str, ...] | None = None
+    tau_m: float | None = Field(None, gt=0)
+    tau_v: float | None = Field(None, gt=0)
+
+    def overrides(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class ModelParams(_Strict):
+    name: str = "vista_r18"
+    tasks: tuple[Task, ...] = ("depth", "seg", "normal")
+    num_classes: int = Field(12, ge=1)
+    max_depth: float = Field(10.0, gt=0)
+    pretrained: bool = False
+    output_stride: Literal[8, 16, 32] | None = None
+    width: int | None = Field(None, ge=1)
+    decoder_channels: int | None = Field(None, ge=1)
+    aux_head: bool = True
+    attention: AttentionParams = AttentionParams()
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks_unique(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError("need at least one task, each once")
+        return v
+
+
+class DataParams(_Strict):
+    dataset: Literal["synthetic"] = "synthetic"
+    image_size: tuple[int, int] = (96, 128)
+    num_train: int = Field(128, ge=1)
+    num_val: int = Field(32, ge=1)
+    ignore_index: int = 255
+    seed: int = 0
+
+
+class TrainParams(_Strict):
+    epochs: int = Field(4, ge=1)
+    batch_size: int = Field(8, ge=1)
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(1e-4, gt=0)
+    lr_mult: float = Field(10.0, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    momentum: float = Field(0.9, ge=0)
+    eps: float = Field(1e-3, gt=0)
+    poly_power: float = Field(0.9, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    amp: bool = False
+    channels_last: bool = False
+    loss_weights: dict[Task, float] = {"depth": 1.0, "seg": 1.0, "normal": 1.0}
+    aux_weight: float = Field(0.2, ge=0)
+    normal_loss: Literal["acos", "cosine"] = "acos"
+    num_workers: int = Field(0, ge=0)
+    seed: int = 0
+    out_dir: str = "runs/train"
+
+
+class Params(_Strict):
+    model: ModelParams = ModelParams()
+    data: DataParams = DataParams()
+    train: TrainParams = TrainParams()
+    profiles: dict[str, dict[str, Any]] = {}
+
+    def flatten(self) -> dict[str, Any]:
+        """Dotted keys to scalar values (lists joined), e.g. for experiment trackers."""
+        return flatten(self.model_dump(exclude={"profiles"}))
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, f"{key}."))
+        else:
+            out[key] = v
+    return out
+
+
+def _parse_value(raw: str) -> Any:
+    # YAML scalars and flow sequences: "3", "1e-4", "true", "[1, 4, 8]", "null", "vista_r50"
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def apply_override(tree: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``tree[a][b][c] = value`` for ``key="a.b.c"``, creating missing mappings."""
+    parts = key.split(".")
+    if not key or any(not p for p in parts):
+        raise ParamsError(f"override key {key!r}: expected dotted keys like 'train.lr'")
+    node = tree
+    for i, p in enumerate(parts[:-1]):
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise ParamsError(f"override {key}={value!r}: {'.'.join(parts[: i + 1])} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: Iterable[str]) -> list[tuple[str, Any]]:
+    """``["train.lr=1e-3", ...]`` -> ``[("train.lr", 0.001), ...]``."""
+    out = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ParamsError(f"override {item!r}: expected key=value, e.g. train.epochs=2")
+        out.append((key.strip(), _parse_value(raw.strip())))
+    return out
+
+
+def _format_error(err: ValidationError, tree: Mapping[str, Any]) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        lines.append(f"{key}={e.get('input')!r}: {e['msg']}")
+    return "invalid params: " + "; ".join(lines)
+
+
+def validate_params(tree: Mapping[str, Any]) -> Params:
+    """Validate a nested mapping (e.g. ``Params.model_dump()`` sent to a worker) into :class:`Params`."""
+    try:
+        return Params.model_validate(tree)
+    except ValidationError as err:
+        raise ParamsError(_format_error(err, tree)) from None
+
+
+def load_params(
+    path: str | os.PathLike[str] = "params.yaml",
+    overrides: Iterable[str] = (),
+    profile: str | None = None,
+) -> Params:
+    """Read, override and validate the settings.
+
+    Args:
+        path: the YAML file.
+        overrides: ``key.sub=value`` strings, applied after the profile.
+        profile: a name under ``profiles:`` in the file; defaults to ``$VISTA_PROFILE`` if set.
+
+    Returns:
+        The validated :class:`Params`.
+
+    Raises:
+        ParamsError: unreadable file, unknown profile, unknown key or invalid value (named).
+    """
+    p = Path(path)
+    try:
+        tree = yaml.safe_load(p.read_text()) or {}
+    except FileNotFoundError:
+        raise ParamsError(f"{p}: params file not found") from None
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{p}: not valid YAML ({err})") from None
+    if not isinstance(tree, dict):
+        raise ParamsError(f"{p}: expected a mapping at the top level, got {type(tree).__name__}")
+    profile = profile if profile is not None else (os.environ.get(PROFILE_ENV) or None)
+    if profile is not None:
+        profiles = tree.get("profiles") or {}
+        if profile not in profiles:
+            raise ParamsError(f"profile {profile!r} not in {p} (have: {sorted(profiles)})")
+        for key, value in (profiles[profile] or {}).items():
+            apply_override(tree, key, value)
+    for key, value in parse_overrides(overrides):
+        apply_override(tree, key, value)
+    return validate_params(tree)

@@ -1,0 +1,165 @@
+"""The training loop in plain PyTorch (no Ray): optimiser, schedule, one epoch, evaluation.
+
+Distributed wrappers (DDP, Ray Train) add workers and devices around these functions; nothing here
+knows about them beyond optionally unwrapping ``model.module``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .metrics import TaskMetrics
+
+log = logging.getLogger(__name__)
+Batch = Mapping[str, Tensor]
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def build_optimizer(
+    model: nn.Module,
+    name: str = "adamw",
+    lr: float = 1e-4,
+    lr_mult: float = 10.0,
+    weight_decay: float = 1e-2,
+    momentum: float = 0.9,
+    eps: float = 1e-8,
+) -> torch.optim.Optimizer:
+    """Optimiser with two groups: ``backbone`` at ``lr``; attention, decoder and heads at ``lr·lr_mult``.
+
+    Every trainable parameter sits in exactly one group (the official depth code left the attention
+    module out of the optimiser; this cannot).
+    """
+    net = _unwrap(model)
+    groups = net.param_groups() if hasattr(net, "param_groups") else {"backbone": [], "head": list(net.parameters())}
+    param_groups = [
+        {"name": "backbone", "params": [p for p in groups["backbone"] if p.requires_grad], "lr": lr},
+        {"name": "head", "params": [p for p in groups["head"] if p.requires_grad], "lr": lr * lr_mult},
+    ]
+    param_groups = [g for g in param_groups if g["params"]]
+    n_grouped = sum(len(g["params"]) for g in param_groups)
+    n_trainable = sum(1 for p in net.parameters() if p.requires_grad)
+    if n_grouped != n_trainable:
+        raise RuntimeError(f"optimiser groups hold {n_grouped} parameters, the model trains {n_trainable}")
+    if name == "adamw":
+        return torch.optim.AdamW(param_groups, lr=lr, weight_decay=weight_decay, eps=eps)
+    if name == "adam":
+        return torch.optim.Adam(param_groups, lr=lr, weight_decay=weight_decay, eps=eps)
+    if name == "sgd":
+        return torch.optim.SGD(param_groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    raise ValueError(f"optimizer={name!r}: choose adamw, adam or sgd")
+
+
+def poly_schedule(
+    optimizer: torch.optim.Optimizer, total_steps: int, power: float = 0.9, min_lr_ratio: float = 0.0
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Poly decay per step: ``lr_t = lr · (r + (1 − r)(1 − t/T)^power)`` with ``r = min_lr_ratio``."""
+    total = max(1, total_steps)
+
+    def factor(step: int) -> float:
+        frac = min(step, total) / total
+        return min_lr_ratio + (1 - min_lr_ratio) * (1 - frac) ** power
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def to_device(batch: Batch, device: torch.device, channels_last: bool = False) -> dict[str, Tensor]:
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, Tensor):
+            v = v.to(device, non_blocking=True)
+            if k == "rgb" and channels_last:
+                v = v.contiguous(memory_format=torch.channels_last)
+        out[k] = v
+    return out
+
+
+def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager[Any]:
+    if not amp:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable[Batch],
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[[Mapping[str, Tensor], Batch], tuple[Tensor, dict[str, Tensor]]],
+    device: torch.device | str = "cpu",
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    amp: bool = False,
+    channels_last: bool = False,
+    max_steps: int | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> dict[str, float]:
+    """One pass over ``loader``; returns the mean of the total loss and of each task loss.
+
+    Args:
+        amp: bf16 autocast (CPU or CUDA); the loss is computed in float32.
+        max_steps: stop after this many batches.
+        on_step: called with (step, loss) after each optimiser step (progress bars, logging).
+
+    Raises:
+        FloatingPointError: the loss became NaN or inf (names the step).
+    """
+    device = torch.device(device)
+    model.train()
+    sums: dict[str, float] = {}
+    steps = 0
+    for step, batch in enumerate(loader):
+        if max_steps is not None and step >= max_steps:
+            break
+        batch = to_device(batch, device, channels_last)
+        with _autocast(device, amp):
+            pred = model(batch["rgb"])
+        loss, parts = loss_fn(pred, batch)
+        if not torch.isfinite(loss):
+            detail = {k: round(float(v), 4) for k, v in parts.items()}
+            raise FloatingPointError(f"loss is {loss.item()} at step {step} (parts: {detail})")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        steps += 1
+        for k, v in {"loss": loss.detach(), **parts}.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+        if on_step is not None:
+            on_step(step, float(loss.detach()))
+    return {k: v / max(1, steps) for k, v in sums.items()}
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[Batch],
+    metrics: TaskMetrics,
+    device: torch.device | str = "cpu",
+    split: str = "val",
+    amp: bool = False,
+    channels_last: bool = False,
+) -> dict[str, float]:
+    """Metrics of ``model`` over ``loader``, keyed ``split/task/metric`` (reduced over DDP ranks)."""
+    device = torch.device(device)
+    model.eval()
+    metrics.reset()
+    metrics.to(device)
+    for batch in loader:
+        batch = to_device(batch, device, channels_last)
+        with _autocast(device, amp):
+            pred = model(batch["rgb"])
+        metrics.update(pred, batch)
+    results = metrics.compute(split)
+    bad = [k for k, v in results.items() if math.isnan(v)]
+    if bad:
+        log.warning("metrics without any valid pixel: %s", bad)
+    return results

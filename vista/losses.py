@@ -1,0 +1,90 @@
+"""Task losses: SILog for depth, cross-entropy (+ aux) for segmentation, angular loss for normals."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def valid_depth(target: Tensor) -> Tensor:
+    """Pixels with a usable depth: finite and > 0 (0 and inf mark missing measurements)."""
+    return torch.isfinite(target) & (target > 0)
+
+
+def silog_loss(pred: Tensor, target: Tensor, variance_focus: float = 0.85, scale: float = 10.0) -> Tensor:
+    """``scale · sqrt(mean d² − λ (mean d)²)``, ``d = log pred − log target`` over valid pixels.
+
+    Args:
+        pred: predicted depth (B, 1, H, W), positive.
+        target: ground truth (B, 1, H, W); invalid pixels are 0, negative, NaN or inf.
+    """
+    mask = valid_depth(target)
+    if not mask.any():
+        return pred.sum() * 0.0  # keeps the graph (DDP needs every rank to backpropagate)
+    d = torch.log(pred[mask].clamp_min(1e-6)) - torch.log(target[mask])
+    return scale * torch.sqrt((d.square().mean() - variance_focus * d.mean().square()).clamp_min(1e-12))
+
+
+def normal_loss(pred: Tensor, target: Tensor, kind: str = "acos") -> Tensor:
+    """Angular loss between unit normals (B, 3, H, W); pixels whose target has zero norm are ignored.
+
+    ``acos``: mean angle in radians (cosine clamped away from ±1 so the gradient stays finite);
+    ``cosine``: mean ``1 − cos``.
+    """
+    mask = target.norm(dim=1) > 0.5  # (B, H, W)
+    if not mask.any():
+        return pred.sum() * 0.0
+    cos = (F.normalize(pred, dim=1) * F.normalize(target, dim=1)).sum(1)[mask]
+    if kind == "acos":
+        return torch.acos(cos.clamp(-1 + 1e-6, 1 - 1e-6)).mean()
+    if kind == "cosine":
+        return (1 - cos).mean()
+    raise ValueError(f"normal_loss kind={kind!r}: choose acos or cosine")
+
+
+class MultiTaskLoss(nn.Module):
+    """Weighted sum of the task losses; returns ``(total, {task: value})``.
+
+    Args:
+        weights: per-task weight (tasks missing from the predictions are skipped).
+        ignore_index: label id ignored by the segmentation loss.
+        aux_weight: weight of the ``seg_aux`` cross-entropy when the model returns it.
+        normal_kind: ``acos`` or ``cosine``.
+    """
+
+    def __init__(
+        self,
+        weights: Mapping[str, float] | None = None,
+        ignore_index: int = 255,
+        aux_weight: float = 0.2,
+        normal_kind: str = "acos",
+    ) -> None:
+        super().__init__()
+        self.weights = dict(weights or {"depth": 1.0, "seg": 1.0, "normal": 1.0})
+        self.ignore_index = ignore_index
+        self.aux_weight = aux_weight
+        self.normal_kind = normal_kind
+
+    def _ce(self, logits: Tensor, seg: Tensor) -> Tensor:
+        if not (seg != self.ignore_index).any():
+            return logits.sum() * 0.0  # every pixel ignored: no signal, but keep the graph
+        return F.cross_entropy(logits.float(), seg, ignore_index=self.ignore_index)
+
+    def forward(self, pred: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        parts: dict[str, Tensor] = {}
+        if "depth" in pred:
+            parts["depth"] = silog_loss(pred["depth"].float(), batch["depth"])
+        if "seg" in pred:
+            seg = batch["seg"].long()
+            parts["seg"] = self._ce(pred["seg"], seg)
+            if "seg_aux" in pred and self.aux_weight > 0:
+                parts["seg_aux"] = self._ce(pred["seg_aux"], seg)
+        if "normal" in pred:
+            parts["normal"] = normal_loss(pred["normal"].float(), batch["normal"], self.normal_kind)
+        total = sum(
+            (self.aux_weight if k == "seg_aux" else self.weights.get(k, 1.0)) * v for k, v in parts.items()
+        )
+        return total, {k: v.detach() for k, v in parts.items()}  # type: ignore[return-value]

@@ -1,0 +1,171 @@
+"""Evaluation metrics as torchmetrics ``Metric``s: their states are sums, so DDP reduction is exact.
+
+Keys follow ``split/task/metric`` once prefixed by :func:`collect` (e.g. ``val/seg/miou``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from .losses import valid_depth
+
+
+class SegMetrics(Metric):
+    """mIoU (mean over classes present in prediction or target) and pixel accuracy, ignore index excluded."""
+
+    full_state_update = False
+
+    def __init__(self, num_classes: int, ignore_index: int | None = 255) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.confmat = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index, validate_args=False)
+
+    def update(self, logits: Tensor, target: Tensor) -> None:  # (B, K, H, W), (B, H, W)
+        self.confmat.update(logits.argmax(1), target.long())
+
+    def compute(self) -> dict[str, Tensor]:
+        cm = self.confmat.compute().double()  # rows: target, cols: prediction
+        tp = cm.diag()
+        union = cm.sum(0) + cm.sum(1) - tp
+        present = union > 0
+        iou = tp[present] / union[present]
+        total = cm.sum()
+        return {
+            "miou": iou.mean() if present.any() else cm.new_tensor(0.0),
+            "pixel_acc": tp.sum() / total if total > 0 else cm.new_tensor(0.0),
+        }
+
+    def reset(self) -> None:
+        super().reset()
+        self.confmat.reset()
+
+    def confusion_matrix(self) -> Tensor:
+        return self.confmat.compute()
+
+
+class DepthMetrics(Metric):
+    """Eigen-style depth metrics, computed per image over valid pixels and averaged over images.
+
+    abs_rel, sq_rel, rmse, rmse_log, log10, silog (``100·sqrt(mean d² − (mean d)²)``, d = log ratio),
+    d1–d3 (fraction with ``max(ŷ/y, y/ŷ) < 1.25^k``). Images without a valid pixel are skipped.
+    """
+
+    full_state_update = False
+    names = ("abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog", "d1", "d2", "d3")
+
+    def __init__(self, min_depth: float = 1e-3, max_depth: float | None = None) -> None:
+        super().__init__()
+        self.min_depth = min_depth
+        self.max_depth = max_depth
+        self.add_state("sums", default=torch.zeros(len(self.names), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("images", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, pred: Tensor, target: Tensor) -> None:  # (B, 1, H, W) each
+        for p, t in zip(pred.detach().double(), target.double(), strict=True):
+            mask = valid_depth(t)
+            if self.max_depth is not None:
+                mask &= t <= self.max_depth
+            if not mask.any():
+                continue
+            y, yh = t[mask], p[mask].clamp_min(self.min_depth)
+            d = torch.log(yh) - torch.log(y)
+            ratio = torch.maximum(yh / y, y / yh)
+            self.sums += torch.stack(
+                [
+                    ((yh - y).abs() / y).mean(),
+                    ((yh - y).square() / y).mean(),
+                    (yh - y).square().mean().sqrt(),
+                    d.square().mean().sqrt(),
+                    (torch.log10(yh) - torch.log10(y)).abs().mean(),
+                    100 * (d.square().mean() - d.mean().square()).clamp_min(0).sqrt(),
+                    (ratio < 1.25).double().mean(),
+                    (ratio < 1.25**2).double().mean(),
+                    (ratio < 1.25**3).double().mean(),
+                ]
+            )
+            self.images += 1
+
+    def compute(self) -> dict[str, Tensor]:
+        mean = self.sums / self.images.clamp_min(1)
+        return dict(zip(self.names, mean, strict=True))
+
+
+class NormalMetrics(Metric):
+    """Angular error of unit normals: mean, median (0.01° histogram), % within 11.25°, 22.5°, 30°."""
+
+    full_state_update = False
+    bin_deg = 0.01
+
+    def __init__(self) -> None:
+        super().__init__()
+        n_bins = int(round(180 / self.bin_deg))
+        self.add_state("hist", default=torch.zeros(n_bins, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("sum_deg", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, pred: Tensor, target: Tensor) -> None:  # (B, 3, H, W) each
+        mask = target.norm(dim=1) > 0.5
+        p = torch.nn.functional.normalize(pred.detach().double(), dim=1)
+        t = torch.nn.functional.normalize(target.double(), dim=1)
+        deg = torch.rad2deg(torch.acos((p * t).sum(1).clamp(-1, 1)))[mask]
+        idx = (deg / self.bin_deg).long().clamp_(0, self.hist.numel() - 1)
+        self.hist += torch.bincount(idx, minlength=self.hist.numel()).double()
+        self.sum_deg += deg.sum()
+
+    def compute(self) -> dict[str, Tensor]:
+        n = self.hist.sum()
+        if n == 0:
+            z = self.hist.new_tensor(math.nan)
+            return {"mean": z, "median": z, "a11": z, "a22": z, "a30": z}
+        cdf = self.hist.cumsum(0) / n
+        median = (torch.searchsorted(cdf, cdf.new_tensor(0.5)).double() + 0.5) * self.bin_deg
+
+        def within(deg: float) -> Tensor:
+            return self.hist[: int(round(deg / self.bin_deg))].sum() / n
+
+        return {
+            "mean": self.sum_deg / n,
+            "median": median,
+            "a11": within(11.25),
+            "a22": within(22.5),
+            "a30": within(30.0),
+        }
+
+
+class TaskMetrics:
+    """The metrics of every task of a model; ``update(pred, batch)`` then ``compute(split)``."""
+
+    def __init__(self, tasks: tuple[str, ...], num_classes: int = 1, ignore_index: int = 255, max_depth: float | None = None) -> None:
+        self.metrics: dict[str, Metric] = {}
+        if "depth" in tasks:
+            self.metrics["depth"] = DepthMetrics(max_depth=max_depth)
+        if "seg" in tasks:
+            self.metrics["seg"] = SegMetrics(num_classes, ignore_index)
+        if "normal" in tasks:
+            self.metrics["normal"] = NormalMetrics()
+
+    def to(self, device: torch.device | str) -> TaskMetrics:
+        for m in self.metrics.values():
+            m.to(device)
+        return self
+
+    def update(self, pred: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> None:
+        for task, metric in self.metrics.items():
+            metric.update(pred[task].float(), batch[task])
+
+    def compute(self, split: str = "val") -> dict[str, float]:
+        return collect({t: m.compute() for t, m in self.metrics.items()}, split)
+
+    def reset(self) -> None:
+        for m in self.metrics.values():
+            m.reset()
+
+
+def collect(results: Mapping[str, Mapping[str, Tensor]], split: str) -> dict[str, float]:
+    """``{task: {metric: tensor}}`` -> ``{"split/task/metric": float}``."""
+    return {f"{split}/{t}/{k}": float(v) for t, r in results.items() for k, v in r.items()}

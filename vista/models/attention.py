@@ -1,0 +1,476 @@
+"""VISTA structured attention: multi-scale message passing gated by low-rank attention tensors.
+
+One module covers the paper's method and the official code's behaviour; presets only flip switches
+(see ``PRESETS``). Notation follows ``shared/design/VISTA.md``:
+
+- ``f_e`` sender feature, ``f_r`` receiver feature, both ``(B, C, h, w)`` on one grid;
+- per dilation ``d``: a per-pixel message kernel ``W_d`` predicted from ``cat(f_e, f_r)`` and two
+  evidence kernels ``K^e_d``, ``K^r_d``; the filtered sender ``S_d = D(f_e, W_d)``;
+- evidence ``Φ_d = f_r ⊙ S_d + D(f_e, K^e_d) + D(f_r, K^r_d)``;
+- the structured attention ``A_d = Σ_t v^t ⊗ m^t`` (CP rank ≤ T) inferred by unrolled mean-field updates;
+- message ``M_d = A_d ⊙ S_d``, fused over dilations by a 1×1 conv.
+
+The pixel-adaptive filter ``D`` is computed as a sum of k² shifted products, never materialising the
+``B×C×k²×h×w`` unfold tensor of the official code (``vista.models.reference`` keeps that algorithm as
+a test oracle and benchmark baseline).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ChannelInit = Literal["uniform", "learned", "random"]
+Fusion = Literal["residual", "official"]
+
+# (f_e, f_r, W, K^e, K^r, dilation, kernel_size) -> (S, Φ)
+EvidenceFn = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, int, int], tuple[Tensor, Tensor]]
+
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    """Every switch of the structured attention module.
+
+    Args:
+        in_channels: channels of the backbone features, finest first (named c2, c3, c4, ...).
+        width: channels C of the projected features the messages live in.
+        rank: T, the number of rank-1 terms of each attention tensor; 0 = unstructured (A = Φ).
+        inference_iters: mean-field rounds of the v↔m updates inside one attention tensor (≥ 1).
+        mf_iters: outer message-passing rounds; each recomputes Φ from the updated receivers.
+        channel_init: initial channel vectors v: ``uniform`` (1/C), ``learned`` (logits, one set per
+            rank term and dilation) or ``random`` (softmax of N(0, 1) draws, as in the official code).
+            With ``uniform`` init the T terms follow identical updates, so they coincide; use
+            ``learned`` or ``random`` to give them distinct starting points.
+        sample_channels: in training, add reparameterised noise ``σ·ε`` (σ learned) to the v-logits;
+            in eval the mean is used, so eval stays deterministic.
+        dilations: dilation of each message kernel.
+        kernel_size: spatial size k of the per-pixel kernels (odd).
+        senders: names of the features sending messages (``c2``, ``c3``, ...).
+        receivers: names of the features receiving messages.
+        tau_m: temperature of the spatial (sigmoid) update.
+        tau_v: temperature of the channel (softmax) update.
+        update_channels: run the v half-step after each m half-step (paper); the official code only
+            runs the m half-step.
+        gate_evidence: attention ``A = Φ ⊙ Σ_t v^t⊗m^t`` (official) instead of ``Σ_t v^t⊗m^t``.
+        fusion: ``residual``: receiver update ``z_r = f_r + Σ_e M_{e→r}``, output ``concat_r z_r`` on the
+            finest grid; ``official``: ``concat(messages, f_r)`` through two stride-2 3×3 conv+BN+ReLU.
+    """
+
+    in_channels: tuple[int, ...] = (512, 1024, 2048)
+    width: int = 512
+    rank: int = 3
+    inference_iters: int = 1
+    mf_iters: int = 1
+    channel_init: ChannelInit = "uniform"
+    sample_channels: bool = False
+    dilations: tuple[int, ...] = (1, 4, 8)
+    kernel_size: int = 3
+    senders: tuple[str, ...] = ("c2", "c3", "c4")
+    receivers: tuple[str, ...] = ("c4",)
+    tau_m: float = 1.0
+    tau_v: float = 1.0
+    update_channels: bool = True
+    gate_evidence: bool = False
+    fusion: Fusion = "residual"
+    _names: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "in_channels", tuple(int(c) for c in self.in_channels))
+        object.__setattr__(self, "dilations", tuple(int(d) for d in self.dilations))
+        object.__setattr__(self, "senders", tuple(self.senders))
+        object.__setattr__(self, "receivers", tuple(self.receivers))
+        object.__setattr__(self, "_names", tuple(f"c{i + 2}" for i in range(len(self.in_channels))))
+        self._validate()
+
+    def _validate(self) -> None:
+        def bad(key: str, value: object, why: str) -> ValueError:
+            return ValueError(f"attention.{key}={value!r}: {why}")
+
+        if not self.in_channels or any(c <= 0 for c in self.in_channels):
+            raise bad("in_channels", self.in_channels, "need at least one positive channel count")
+        if self.width <= 0:
+            raise bad("width", self.width, "must be > 0")
+        if self.rank < 0:
+            raise bad("rank", self.rank, "must be >= 0 (0 = unstructured attention)")
+        if self.inference_iters < 1:
+            raise bad("inference_iters", self.inference_iters, "must be >= 1")
+        if self.mf_iters < 1:
+            raise bad("mf_iters", self.mf_iters, "must be >= 1")
+        if self.channel_init not in ("uniform", "learned", "random"):
+            raise bad("channel_init", self.channel_init, "choose uniform, learned or random")
+        if not self.dilations or any(d < 1 for d in self.dilations):
+            raise bad("dilations", self.dilations, "need at least one dilation, each >= 1")
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise bad("kernel_size", self.kernel_size, "must be a positive odd number")
+        for key in ("senders", "receivers"):
+            names = getattr(self, key)
+            unknown = [n for n in names if n not in self._names]
+            if not names or unknown or len(set(names)) != len(names):
+                raise bad(key, names, f"need distinct names from {self._names}")
+        if self.tau_m <= 0 or self.tau_v <= 0:
+            raise bad("tau_m/tau_v", (self.tau_m, self.tau_v), "temperatures must be > 0")
+        if self.fusion not in ("residual", "official"):
+            raise bad("fusion", self.fusion, "choose residual or official")
+        if self.fusion == "official" and (len(self.receivers) != 1 or self.mf_iters != 1):
+            raise bad("fusion", self.fusion, "the official fusion needs one receiver and mf_iters=1")
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return self._names
+
+    @property
+    def out_channels(self) -> int:
+        """Channels of the module's output."""
+        if self.fusion == "official":
+            return (len(self.senders) + 1) * self.width
+        return len(self.receivers) * self.width
+
+    @property
+    def out_stride_factor(self) -> int:
+        """Output stride relative to the finest input feature (the grid messages live on)."""
+        return 4 if self.fusion == "official" else 1
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("_names", None)
+        return d
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The method as the paper describes it: deterministic channel init, both mean-field half-steps,
+    # residual receiver update; the output stays on the finest grid and feeds the decoder.
+    "paper": {},
+    # The official module (AttentionGraphCondKernel): random channel vectors, m half-step only,
+    # A = Φ ⊙ Σ v⊗m, rank 3, concat fusion through two stride-2 convs. State_dict-compatible.
+    "official": {
+        "channel_init": "random",
+        "update_channels": False,
+        "gate_evidence": True,
+        "fusion": "official",
+        "rank": 3,
+        "receivers": ("c4",),
+        "senders": ("c2", "c3", "c4"),
+    },
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Pixel-adaptive filtering
+# --------------------------------------------------------------------------------------------------
+
+
+def _shifts(x: Tensor, dilation: int, kernel_size: int) -> list[Tensor]:
+    """The k² shifted (zero-padded) views of ``x`` (B, C, h, w), in unfold's row-major order."""
+    h, w = x.shape[-2:]
+    p = dilation * (kernel_size - 1) // 2
+    xp = F.pad(x, (p, p, p, p))  # (B, C, h+2p, w+2p), one copy shared by all k² views
+    return [
+        xp[:, :, dy * dilation : dy * dilation + h, dx * dilation : dx * dilation + w]
+        for dy in range(kernel_size)
+        for dx in range(kernel_size)
+    ]
+
+
+def pixel_adaptive_filter(x: Tensor, kernel: Tensor, dilation: int, kernel_size: int) -> Tensor:
+    """``D(x, K)[b, c, i] = Σ_j K[b, j, i] · x[b, c, i + d·offset_j]`` (zero padding).
+
+    Args:
+        x: features ``(B, C, h, w)``.
+        kernel: one k×k kernel per pixel, shared over channels, ``(B, k², h, w)``.
+        dilation: spacing d of the kernel taps.
+        kernel_size: k.
+
+    Returns:
+        ``(B, C, h, w)``; computed as k² shifted products, without a ``B×C×k²×h×w`` tensor.
+    """
+    out: Tensor | None = None
+    for j, xs in enumerate(_shifts(x, dilation, kernel_size)):
+        kj = kernel[:, j : j + 1]  # (B, 1, h, w), broadcast over channels
+        out = kj * xs if out is None else out.addcmul_(kj, xs)
+    assert out is not None
+    return out
+
+
+def message_evidence(
+    f_e: Tensor, f_r: Tensor, w: Tensor, k_e: Tensor, k_r: Tensor, dilation: int, kernel_size: int
+) -> tuple[Tensor, Tensor]:
+    """Filtered sender ``S = D(f_e, W)`` and evidence ``Φ = f_r ⊙ S + D(f_e, K^e) + D(f_r, K^r)``.
+
+    The shifted views of ``f_e`` serve both of its filters; all accumulations are in place.
+    """
+    s: Tensor | None = None
+    p: Tensor | None = None
+    shifts_e = _shifts(f_e, dilation, kernel_size)
+    shifts_r = shifts_e if f_r is f_e else _shifts(f_r, dilation, kernel_size)
+    for j, (xe, xr) in enumerate(zip(shifts_e, shifts_r, strict=True)):
+        wj, kej, krj = w[:, j : j + 1], k_e[:, j : j + 1], k_r[:, j : j + 1]
+        s = wj * xe if s is None else s.addcmul_(wj, xe)
+        p = kej * xe if p is None else p.addcmul_(kej, xe)
+        p.addcmul_(krj, xr)
+    assert s is not None and p is not None
+    return s, torch.addcmul(p, f_r, s)  # (B, C, h, w) each
+
+
+# --------------------------------------------------------------------------------------------------
+# Structured attention by unrolled mean-field inference
+# --------------------------------------------------------------------------------------------------
+
+
+class AttentionMaps(NamedTuple):
+    """The inferred attention of one sender→receiver pair at one dilation."""
+
+    a: Tensor  # (B, C, h, w) attention tensor that gates the message
+    v: Tensor | None  # (B, T, C) channel vectors on the simplex (None when T = 0)
+    m: Tensor | None  # (B, T, h, w) spatial maps in (0, 1) (None when T = 0)
+
+
+def mean_field(
+    phi: Tensor,
+    v_logits: Tensor,
+    iters: int,
+    *,
+    tau_m: float = 1.0,
+    tau_v: float = 1.0,
+    update_channels: bool = True,
+    noise: Callable[[Tensor], Tensor] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Unrolled mean-field updates of T independent (v, m) pairs given the evidence Φ.
+
+    Args:
+        phi: evidence ``(B, C, h, w)``.
+        v_logits: initial channel logits ``(B, T, C)``.
+        iters: rounds of ``m ← σ(τ_m Σ_c v_c Φ_c)`` then (if ``update_channels``)
+            ``v ← softmax_c(τ_v mean_hw(m ⊙ Φ))``.
+        noise: maps logits to perturbed logits (reparameterised sampling in training).
+
+    Returns:
+        ``v`` ``(B, T, C)`` on the simplex and ``m`` ``(B, T, h, w)`` in (0, 1).
+    """
+    perturb = noise if noise is not None else (lambda z: z)
+    v = torch.softmax(perturb(v_logits), dim=-1)  # (B, T, C)
+    m = phi.new_empty(0)
+    for _ in range(iters):
+        m = torch.sigmoid(tau_m * torch.einsum("btc,bchw->bthw", v, phi))  # (B, T, h, w)
+        if update_channels:
+            mean_evidence = torch.einsum("bthw,bchw->btc", m, phi) / phi[0, 0].numel()  # (B, T, C)
+            v = torch.softmax(perturb(tau_v * mean_evidence), dim=-1)
+    return v, m
+
+
+# --------------------------------------------------------------------------------------------------
+# Modules
+# --------------------------------------------------------------------------------------------------
+
+
+def _conv_bn_relu(cin: int, cout: int, *, stride: int = 1, bias: bool = False) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=bias),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class AttentionGatedMessage(nn.Module):
+    """Messages from one sender to one receiver, over all dilations (official name: AttentionGatedMSG).
+
+    Parameter names follow the official module so its weights load: ``kernel_prediction_{i}``
+    (2C → k²), ``kernel_se_{i}`` and ``kernel_sr_{i}`` (C → k²), ``combination_msgs.0`` (nD·C → C).
+    """
+
+    def __init__(self, cfg: AttentionConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        c, k = cfg.width, cfg.kernel_size
+        for i, d in enumerate(cfg.dilations, start=1):
+            pad = d * (k - 1) // 2
+            self.add_module(f"kernel_prediction_{i}", nn.Conv2d(2 * c, k * k, k, dilation=d, padding=pad))
+            self.add_module(f"kernel_se_{i}", nn.Conv2d(c, k * k, k, dilation=d, padding=pad))
+            self.add_module(f"kernel_sr_{i}", nn.Conv2d(c, k * k, k, dilation=d, padding=pad))
+        self.combination_msgs = nn.Sequential(
+            nn.Conv2d(len(cfg.dilations) * c, c, 1), nn.ReLU(inplace=True)
+        )
+        n_dil = len(cfg.dilations)
+        if cfg.rank > 0 and cfg.channel_init == "learned":
+            # small random logits break the symmetry between the T terms
+            self.channel_logits = nn.Parameter(0.01 * torch.randn(n_dil, cfg.rank, c))
+        if cfg.rank > 0 and cfg.sample_channels:
+            self.channel_log_sigma = nn.Parameter(torch.full((n_dil,), math.log(0.1)))
+        self.evidence: EvidenceFn = message_evidence
+
+    def _init_logits(self, i: int, phi: Tensor) -> Tensor:
+        b, c = phi.shape[:2]
+        t = self.cfg.rank
+        if self.cfg.channel_init == "learned":
+            return self.channel_logits[i].unsqueeze(0).expand(b, t, c)
+        if self.cfg.channel_init == "random":
+            # drawn on the CPU generator, one (B, C) draw per term, as the official code orders them,
+            # so outputs match it and do not depend on the device
+            draws = torch.stack([torch.randn(b, c) for _ in range(t)], dim=1)
+            return draws.to(device=phi.device, dtype=phi.dtype)
+        return phi.new_zeros(b, t, c)  # uniform: softmax(0) = 1/C
+
+    def attention(self, i: int, phi: Tensor) -> AttentionMaps:
+        """Structured attention at dilation index ``i`` (0-based) from evidence ``phi`` (B, C, h, w)."""
+        cfg = self.cfg
+        if cfg.rank == 0:
+            return AttentionMaps(phi, None, None)  # unstructured: the evidence itself gates
+        noise = None
+        if cfg.sample_channels and self.training:
+            sigma = self.channel_log_sigma[i].exp()
+            noise = lambda z: z + sigma * torch.randn_like(z)  # noqa: E731
+        v, m = mean_field(
+            phi,
+            self._init_logits(i, phi),
+            cfg.inference_iters,
+            tau_m=cfg.tau_m,
+            tau_v=cfg.tau_v,
+            update_channels=cfg.update_channels,
+            noise=noise,
+        )
+        a = torch.einsum("btc,bthw->bchw", v, m)  # Σ_t v^t ⊗ m^t, CP rank ≤ T
+        if cfg.gate_evidence:
+            a = a * phi
+        return AttentionMaps(a, v, m)
+
+    def forward(
+        self, receiver: Tensor, sender: Tensor, maps: list[AttentionMaps] | None = None
+    ) -> Tensor:
+        """Fused message ``(B, C, h, w)`` from ``sender`` to ``receiver`` (both ``(B, C, h, w)``).
+
+        Args:
+            maps: if given, the attention of each dilation is appended to it.
+        """
+        cfg = self.cfg
+        both = torch.cat((sender, receiver), dim=1)  # (B, 2C, h, w), sender first as in the official code
+        messages = []
+        for i in range(len(cfg.dilations)):
+            n = i + 1
+            w = getattr(self, f"kernel_prediction_{n}")(both)  # (B, k², h, w)
+            k_e = getattr(self, f"kernel_se_{n}")(sender)
+            k_r = getattr(self, f"kernel_sr_{n}")(receiver)
+            s, phi = self.evidence(sender, receiver, w, k_e, k_r, cfg.dilations[i], cfg.kernel_size)
+            att = self.attention(i, phi)
+            if maps is not None:
+                maps.append(att)
+            messages.append(att.a * s)  # M_d = A_d ⊙ S_d
+        return self.combination_msgs(torch.cat(messages, dim=1))
+
+
+class StructuredAttention(nn.Module):
+    """Multi-scale VISTA attention: backbone features in, fused features out.
+
+    Input: a list of backbone features, finest first (``c2`` at stride 8, ``c3``, ``c4``...). Each used
+    feature is projected to ``width`` channels (conv3×3 + BN + ReLU; module ``conv{i+3}``, ResNet stage
+    naming) and nearest-resized to the finest grid. Messages flow along every sender→receiver pair
+    (module ``attention_MSG_{s}{r}``, stage numbers).
+
+    Output: ``(B, cfg.out_channels, h, w)`` on the finest grid (``residual`` fusion) or at 1/4 of it
+    (``official`` fusion, i.e. stride 32 from stride-8 features).
+    """
+
+    def __init__(self, cfg: AttentionConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        names = cfg.feature_names
+        stage = {n: i + 3 for i, n in enumerate(names)}
+        used = [n for n in names if n in cfg.senders or n in cfg.receivers]
+        # official registration order: conv5, conv4, conv3
+        for n in reversed(used):
+            self.add_module(f"conv{stage[n]}", _conv_bn_relu(cfg.in_channels[names.index(n)], cfg.width))
+        self.pairs: list[tuple[str, str, str]] = []  # (module name, sender, receiver)
+        for r in cfg.receivers:
+            for s in cfg.senders:
+                name = f"attention_MSG_{stage[s]}{stage[r]}"
+                self.add_module(name, AttentionGatedMessage(cfg))
+                self.pairs.append((name, s, r))
+        self._stage = stage
+        if cfg.fusion == "official":
+            c4 = cfg.out_channels
+            self.combination_msgs_51 = _conv_bn_relu(c4, c4, stride=2, bias=True)
+            self.combination_msgs_52 = _conv_bn_relu(c4, c4, stride=2, bias=True)
+
+    @property
+    def out_channels(self) -> int:
+        return self.cfg.out_channels
+
+    def set_evidence_fn(self, fn: EvidenceFn) -> None:
+        """Swap the evidence computation of every pair (the unfold oracle, for tests and benchmarks)."""
+        for name, _, _ in self.pairs:
+            getattr(self, name).evidence = fn
+
+    def _project(self, feats: Sequence[Tensor]) -> dict[str, Tensor]:
+        cfg = self.cfg
+        if len(feats) != len(cfg.in_channels):
+            raise ValueError(f"expected {len(cfg.in_channels)} features {cfg.feature_names}, got {len(feats)}")
+        grid = feats[0].shape[-2:]
+        out = {}
+        for n, x, cin in zip(cfg.feature_names, feats, cfg.in_channels, strict=True):
+            if x.shape[1] != cin:
+                raise ValueError(f"feature {n}: expected {cin} channels, got {tuple(x.shape)}")
+            if n in cfg.senders or n in cfg.receivers:
+                y = getattr(self, f"conv{self._stage[n]}")(x)  # (B, C, h_n, w_n)
+                out[n] = y if y.shape[-2:] == grid else F.interpolate(y, size=grid, mode="nearest")
+        return out
+
+    def forward(
+        self, feats: Sequence[Tensor], return_maps: bool = False
+    ) -> Tensor | tuple[Tensor, dict[str, list[AttentionMaps]]]:
+        """Fuse backbone features.
+
+        Args:
+            feats: backbone features, finest first, channels ``cfg.in_channels``.
+            return_maps: also return the attention of every pair (last round), keyed by pair name.
+        """
+        cfg = self.cfg
+        f = self._project(feats)  # name -> (B, C, h, w), all on the finest grid
+        z = dict(f)
+        maps: dict[str, list[AttentionMaps]] = {}
+        messages: dict[str, list[Tensor]] = {}
+        for _ in range(cfg.mf_iters):
+            messages = {r: [] for r in cfg.receivers}
+            maps = {}
+            for name, s, r in self.pairs:
+                maps[name] = []
+                messages[r].append(getattr(self, name)(z[r], z[s], maps[name] if return_maps else None))
+            if cfg.fusion == "residual":
+                # synchronous update: every pair of this round saw the previous round's states
+                z = {**z, **{r: f[r] + torch.stack(messages[r]).sum(0) for r in cfg.receivers}}
+        if cfg.fusion == "official":
+            r = cfg.receivers[0]
+            out = self.combination_msgs_52(self.combination_msgs_51(torch.cat([*messages[r], f[r]], 1)))
+        else:
+            out = torch.cat([z[r] for r in cfg.receivers], dim=1)
+        return (out, maps) if return_maps else out
+
+
+def attention_config(preset: str = "paper", **overrides: Any) -> AttentionConfig:
+    """The config of a preset with ``overrides`` applied (unknown keys raise, naming the key)."""
+    if preset not in PRESETS:
+        raise ValueError(f"attention preset {preset!r}: choose one of {sorted(PRESETS)}")
+    known = {f for f in AttentionConfig.__dataclass_fields__ if not f.startswith("_")}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"attention: unknown option(s) {unknown}; known: {sorted(known)}")
+    return replace(AttentionConfig(), **{**PRESETS[preset], **overrides})
+
+
+def create_attention(
+    preset: str = "paper", in_channels: Sequence[int] = (512, 1024, 2048), **overrides: Any
+) -> StructuredAttention:
+    """Build the structured attention module.
+
+    Args:
+        preset: ``paper`` (default) or ``official``.
+        in_channels: channels of the backbone features, finest first (c2, c3, c4).
+        **overrides: any field of :class:`AttentionConfig`.
+
+    Returns:
+        A module mapping the list of backbone features to the fused output.
+    """
+    return StructuredAttention(attention_config(preset, in_channels=tuple(in_channels), **overrides))
