@@ -1,0 +1,271 @@
+"""Properties of the structured attention module (VISTA.md, "Properties every implementation must show")."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vista.models import attention_config, create_attention
+from vista.models.attention import AttentionGatedMessage, mean_field, message_evidence, pixel_adaptive_filter
+from vista.models.reference import unfold_filter, unfold_message_evidence
+
+IN = (8, 12, 16)  # tiny c2, c3, c4 channels
+
+
+def feats(b: int = 2, grid: int = 8, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> list[torch.Tensor]:
+    """c2, c3, c4 at strides 8, 16, 32 (grid, grid/2, grid/4)."""
+    return [torch.randn(b, c, grid >> i, grid >> i, dtype=dtype, device=device) for i, c in enumerate(IN)]
+
+
+def tiny(preset: str = "paper", **kw) -> torch.nn.Module:
+    return create_attention(preset, in_channels=IN, width=kw.pop("width", 6), **kw)
+
+
+# -- shapes -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("preset", "kw", "shape"),
+    [
+        ("paper", {}, (2, 6, 8, 8)),
+        ("paper", {"receivers": ("c3", "c4")}, (2, 12, 8, 8)),
+        ("paper", {"senders": ("c4",), "rank": 0}, (2, 6, 8, 8)),
+        ("paper", {"dilations": (1, 2), "kernel_size": 5, "mf_iters": 2, "inference_iters": 3}, (2, 6, 8, 8)),
+        ("paper", {"channel_init": "random", "sample_channels": True}, (2, 6, 8, 8)),
+        ("official", {}, (2, 24, 2, 2)),
+        ("official", {"rank": 0}, (2, 24, 2, 2)),
+    ],
+)
+def test_output_shapes(preset: str, kw: dict, shape: tuple[int, ...], device: torch.device) -> None:
+    m = tiny(preset, **kw).to(device)
+    out = m(feats(device=device))
+    assert out.shape == shape == (2, m.out_channels, *shape[2:])
+    assert torch.isfinite(out).all()
+
+
+def test_bad_config_names_the_key() -> None:
+    with pytest.raises(ValueError, match=r"attention\.rank=-1"):
+        tiny(rank=-1)
+    with pytest.raises(ValueError, match=r"attention\.kernel_size=4"):
+        tiny(kernel_size=4)
+    with pytest.raises(ValueError, match=r"attention\.senders=\('c9',\)"):
+        tiny(senders=("c9",))
+    with pytest.raises(ValueError, match="unknown option.*'ranks'"):
+        tiny(ranks=3)
+    with pytest.raises(ValueError, match="preset 'paperr'"):
+        create_attention("paperr")
+    with pytest.raises(ValueError, match=r"feature c3: expected 12 channels"):
+        tiny()([torch.randn(1, 8, 8, 8), torch.randn(1, 5, 4, 4), torch.randn(1, 16, 2, 2)])
+
+
+# -- the pixel-adaptive filter ----------------------------------------------------------------------
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    b=st.integers(1, 2),
+    c=st.integers(1, 5),
+    h=st.integers(1, 9),
+    w=st.integers(1, 9),
+    d=st.integers(1, 5),
+    k=st.sampled_from([1, 3, 5]),
+    seed=st.integers(0, 2**16),
+)
+def test_filter_matches_unfold_reference(b: int, c: int, h: int, w: int, d: int, k: int, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, c, h, w, generator=g, dtype=torch.float64)
+    kern = torch.randn(b, k * k, h, w, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(pixel_adaptive_filter(x, kern, d, k), unfold_filter(x, kern, d, k))
+
+
+@pytest.mark.parametrize(("d", "k"), [(1, 3), (4, 3), (2, 5), (3, 1)])
+def test_filter_with_constant_kernel_is_a_depthwise_conv(d: int, k: int) -> None:
+    x = torch.randn(2, 4, 10, 11, dtype=torch.float64)
+    taps = torch.randn(k * k, dtype=torch.float64)
+    kern = taps.view(1, k * k, 1, 1).expand(2, k * k, 10, 11)
+    weight = taps.view(1, 1, k, k).repeat(4, 1, 1, 1)
+    expected = F.conv2d(x, weight, dilation=d, padding=d * (k - 1) // 2, groups=4)
+    torch.testing.assert_close(pixel_adaptive_filter(x, kern, d, k), expected)
+
+
+@pytest.mark.parametrize("same", [False, True])
+def test_message_evidence_matches_reference_values_and_gradients(same: bool) -> None:
+    b, c, h, w, d, k = 2, 3, 7, 6, 2, 3
+    f_e = torch.randn(b, c, h, w, dtype=torch.float64, requires_grad=True)
+    f_r = f_e if same else torch.randn(b, c, h, w, dtype=torch.float64, requires_grad=True)
+    kernels = [torch.randn(b, k * k, h, w, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    ours = message_evidence(f_e, f_r, *kernels, d, k)
+    ref = unfold_message_evidence(f_e, f_r, *kernels, d, k)
+    for a, r in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a, r)
+    inputs = [f_e, *kernels] if same else [f_e, f_r, *kernels]
+    g_ours = torch.autograd.grad(sum(t.square().sum() for t in ours), inputs)
+    g_ref = torch.autograd.grad(sum(t.square().sum() for t in ref), inputs)
+    for a, r in zip(g_ours, g_ref, strict=True):
+        torch.testing.assert_close(a, r)
+
+
+@pytest.mark.parametrize("preset", ["paper", "official"])
+def test_module_with_unfold_oracle_gives_same_output(preset: str) -> None:
+    m = tiny(preset, channel_init="learned").double().eval()
+    x = [f.double() for f in feats()]
+    ours = m(x)
+    m.set_evidence_fn(unfold_message_evidence)
+    torch.testing.assert_close(ours, m(x))
+
+
+# -- the structured attention -----------------------------------------------------------------------
+
+
+def _maps(m: torch.nn.Module, x: list[torch.Tensor]):
+    _, maps = m(x, return_maps=True)
+    return [a for per_pair in maps.values() for a in per_pair]
+
+
+@pytest.mark.parametrize("init", ["uniform", "learned", "random"])
+def test_spatial_maps_in_unit_interval_and_channel_vectors_on_simplex(init: str) -> None:
+    m = tiny(rank=3, inference_iters=2, channel_init=init).eval()
+    maps = _maps(m, feats())
+    assert len(maps) == 3 * 3  # 3 pairs x 3 dilations
+    for a in maps:
+        assert a.v is not None and a.m is not None
+        assert a.v.shape == (2, 3, 6) and a.m.shape == (2, 3, 8, 8)
+        assert ((a.m > 0) & (a.m < 1)).all()
+        assert (a.v >= 0).all()
+        torch.testing.assert_close(a.v.sum(-1), torch.ones(2, 3))
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3, 5])
+def test_attention_tensor_has_cp_rank_at_most_t(rank: int) -> None:
+    # width 8 > rank so that the bound is informative
+    m = tiny(rank=rank, channel_init="random", width=8).double().eval()
+    for a in _maps(m, [f.double() for f in feats()]):
+        for sample in a.a:  # (C, h, w)
+            s = torch.linalg.svdvals(sample.reshape(sample.shape[0], -1))
+            assert int((s > 1e-9 * s[0]).sum()) <= rank
+    # with random v the terms differ, so the rank is reached
+    s = torch.linalg.svdvals(_maps(m, [f.double() for f in feats()])[0].a[0].reshape(8, -1))
+    assert int((s > 1e-9 * s[0]).sum()) == rank
+
+
+def test_rank_zero_is_the_unstructured_path() -> None:
+    m = tiny(rank=0).double().eval()
+    pair: AttentionGatedMessage = m.attention_MSG_55
+    phi = torch.randn(2, 6, 5, 5, dtype=torch.float64)
+    att = pair.attention(0, phi)
+    assert att.v is None and att.m is None
+    assert att.a is phi  # A = Φ, as in the official code
+    # and no structured-attention parameters are created
+    assert not any("channel_" in n for n, _ in m.named_parameters())
+
+
+def test_uniform_init_terms_coincide_learned_terms_differ() -> None:
+    x = feats()
+    uni = _maps(tiny(rank=3, channel_init="uniform").eval(), x)[0]
+    torch.testing.assert_close(uni.v[:, 0], uni.v[:, 2])
+    lrn = _maps(tiny(rank=3, channel_init="learned").eval(), x)[0]
+    assert not torch.allclose(lrn.v[:, 0], lrn.v[:, 2])
+
+
+@pytest.mark.parametrize(
+    ("key", "a", "b"), [("rank", 1, 3), ("inference_iters", 1, 3), ("mf_iters", 1, 2), ("tau_m", 1.0, 3.0)]
+)
+def test_output_changes_with_inference_hyperparameters(key: str, a, b) -> None:
+    x = feats()
+    torch.manual_seed(1)
+    m1 = tiny(channel_init="learned", **{key: a}).eval()
+    torch.manual_seed(1)
+    m2 = tiny(channel_init="learned", **{key: b}).eval()
+    own = m2.state_dict()  # share all weights of equal shape (channel logits differ in T)
+    m2.load_state_dict({k: v for k, v in m1.state_dict().items() if own[k].shape == v.shape}, strict=False)
+    assert not torch.allclose(m1(x), m2(x), atol=1e-6)
+
+
+def test_mean_field_converges_for_small_evidence() -> None:
+    phi = 0.1 * torch.randn(2, 16, 6, 6, dtype=torch.float64)
+    logits = torch.randn(2, 3, 16, dtype=torch.float64)
+    steps = [mean_field(phi, logits, n) for n in (20, 21)]
+    for x, y in zip(steps[0], steps[1], strict=True):
+        assert (x - y).abs().max() < 1e-10
+    # and it actually moved away from the initial channel vectors
+    assert (steps[0][0] - torch.softmax(logits, -1)).abs().max() > 1e-3
+
+
+def test_eval_is_bit_identical_across_calls_paper_preset() -> None:
+    m = tiny(channel_init="learned", sample_channels=True, inference_iters=2).eval()
+    x = feats()
+    torch.manual_seed(1)
+    a = m(x)
+    torch.manual_seed(2)
+    b = m(x)
+    assert torch.equal(a, b)
+
+
+def test_channel_sampling_is_stochastic_in_training_only() -> None:
+    m = tiny(channel_init="learned", sample_channels=True).train()
+    x = feats()
+    assert not torch.equal(m(x), m(x))
+    m.eval()
+    assert torch.equal(m(x), m(x))
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"channel_init": "learned", "sample_channels": True, "inference_iters": 2, "mf_iters": 2},
+        {"channel_init": "uniform"},
+        {"rank": 0},
+    ],
+)
+def test_every_parameter_gets_a_finite_nonzero_gradient(kw: dict) -> None:
+    m = tiny(**kw).double().train()
+    m(([f.double() for f in feats()])).square().mean().backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+def test_official_preset_parameter_count() -> None:
+    m = create_attention("official")  # in_channels 512/1024/2048, width 512
+    assert sum(p.numel() for p in m.parameters()) == 95_881_971
+    assert sum(p.numel() for p in m.attention_MSG_35.parameters()) == 1_284_689
+
+
+def test_paper_preset_is_the_default() -> None:
+    cfg = attention_config()
+    assert (cfg.channel_init, cfg.update_channels, cfg.gate_evidence, cfg.fusion) == ("uniform", True, False, "residual")
+
+
+@pytest.mark.gpu
+def test_bf16_autocast_forward_backward_cuda() -> None:
+    m = tiny(channel_init="learned").cuda().train()
+    x = feats(device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = m(x)
+    out.float().square().mean().backward()
+    assert torch.isfinite(out.float()).all()
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters())
+
+
+def test_bf16_autocast_forward_backward_cpu() -> None:
+    m = tiny(channel_init="learned").train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(feats())
+    out.float().square().mean().backward()
+    assert torch.isfinite(out.float()).all()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
+
+
+def test_no_hard_coded_cuda_in_the_library() -> None:
+    """Official bug 5: `.cuda()` everywhere. The library must follow its inputs' device."""
+    from pathlib import Path
+
+    import vista
+
+    root = Path(vista.__file__).parent
+    offenders = [str(p) for p in root.rglob("*.py") if ".cuda()" in p.read_text()]
+    assert offenders == []
