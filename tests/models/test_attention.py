@@ -108,6 +108,19 @@ def test_message_evidence_matches_reference_values_and_gradients(same: bool) -> 
         torch.testing.assert_close(a, r)
 
 
+@pytest.mark.parametrize(("same", "d", "k"), [(False, 1, 3), (True, 2, 3), (False, 1, 5)])
+def test_message_evidence_gradcheck(same: bool, d: int, k: int) -> None:
+    def t(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+
+    f_e, f_r = t(1, 2, 4, 5), t(1, 2, 4, 5)
+    kernels = [t(1, k * k, 4, 5) for _ in range(3)]
+    if same:
+        assert torch.autograd.gradcheck(lambda a, *ks: message_evidence(a, a, *ks, d, k), (f_e, *kernels))
+    else:
+        assert torch.autograd.gradcheck(lambda a, b, *ks: message_evidence(a, b, *ks, d, k), (f_e, f_r, *kernels))
+
+
 @pytest.mark.parametrize("preset", ["paper", "official"])
 def test_module_with_unfold_oracle_gives_same_output(preset: str) -> None:
     m = tiny(preset, channel_init="learned").double().eval()

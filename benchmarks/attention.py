@@ -1,0 +1,129 @@
+"""Forward+backward time and peak memory of the structured attention module: our pixel-adaptive filter
+(k² shifted products) vs. the unfold algorithm of the official code, same weights, same random draws.
+
+Default setting (issue acceptance): ``official`` preset, batch 2, a 256×256 image, i.e. features
+c2 512×32×32, c3 1024×16×16, c4 2048×8×8, width 512, float32.
+
+Each variant runs in a fresh subprocess so that peak memory is its own:
+- CPU: peak resident memory (VmHWM, reset through /proc/self/clear_refs) above the resident memory
+  before the step, with parameter gradients already allocated (a training step in steady state);
+- CUDA: ``torch.cuda.max_memory_allocated`` above the allocation before the step, likewise.
+
+Usage: ``python benchmarks/attention.py [--device cpu|cuda] [--batch 2] [--image 256] [--iters 5]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def worker(args: argparse.Namespace) -> None:
+    sys.path.insert(0, str(ROOT))
+    from vista.models import create_attention
+    from vista.models.reference import unfold_message_evidence
+
+    dev = torch.device(args.device)
+    torch.manual_seed(0)
+    m = create_attention(args.preset, in_channels=(512, 1024, 2048), width=args.width).to(dev).train()
+    if args.variant == "unfold":
+        m.set_evidence_fn(unfold_message_evidence)
+    s = args.image // 8
+    g = torch.Generator().manual_seed(1)
+    feats = [torch.randn(args.batch, c, s >> i, s >> i, generator=g).to(dev) for i, c in enumerate((512, 1024, 2048))]
+    for p in m.parameters():
+        p.grad = torch.zeros_like(p)
+
+    def step() -> torch.Tensor:
+        torch.manual_seed(7)  # same random channel vectors in both variants
+        out = m(feats)
+        out.square().mean().backward()
+        return out.detach()
+
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        out = step()
+        torch.cuda.synchronize()
+        peak_mib = (torch.cuda.max_memory_allocated() - base) / 2**20
+    else:
+        base = _rss_kib("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS watermark
+        out = step()
+        peak_mib = (_rss_kib("VmHWM") - base) / 1024
+    times = []
+    for _ in range(args.iters):
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    torch.save(out.cpu(), args.out_tensor)
+    print(json.dumps({"peak_mib": peak_mib, "median_s": statistics.median(times), "times": times}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--preset", default="official")
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--image", type=int, default=256)
+    ap.add_argument("--width", type=int, default=512)
+    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--variant", help=argparse.SUPPRESS)
+    ap.add_argument("--out-tensor", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.variant:
+        worker(args)
+        return
+
+    results, outs = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for variant in ("ours", "unfold"):
+            out_path = Path(tmp) / f"{variant}.pt"
+            cmd = [sys.executable, __file__, "--variant", variant, "--out-tensor", str(out_path),
+                   "--device", args.device, "--preset", args.preset, "--batch", str(args.batch),
+                   "--image", str(args.image), "--width", str(args.width), "--iters", str(args.iters)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if proc.returncode != 0:
+                sys.exit(f"{variant} failed:\n{proc.stderr}")
+            results[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
+            outs[variant] = torch.load(out_path, weights_only=True)
+    ours, ref = outs["ours"], outs["unfold"]
+    rel = ((ours - ref).abs().max() / ref.abs().max()).item()
+    s = args.image // 8
+    print(f"attention benchmark: preset={args.preset} batch={args.batch} image={args.image}x{args.image} "
+          f"(grid {s}x{s}) width={args.width} device={args.device} torch={torch.__version__} "
+          f"threads={torch.get_num_threads()}")
+    print(f"{'variant':<10}{'fwd+bwd median (s)':>20}{'peak memory (MiB)':>20}")
+    for v, r in results.items():
+        print(f"{v:<10}{r['median_s']:>20.4f}{r['peak_mib']:>20.1f}")
+    speedup = results["unfold"]["median_s"] / results["ours"]["median_s"]
+    mem_ratio = results["ours"]["peak_mib"] / results["unfold"]["peak_mib"]
+    print(f"speed-up (unfold / ours): {speedup:.2f}x   (target >= 2x)")
+    print(f"peak memory (ours / unfold): {mem_ratio:.2f}x   (target <= 0.4x)")
+    print(f"max relative output difference: {rel:.2e}   (target <= 1e-5)")
+
+
+if __name__ == "__main__":
+    main()

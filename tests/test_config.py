@@ -1,0 +1,74 @@
+"""params.yaml -> typed settings; profiles and overrides; errors that name the key and value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+from vista.config import ParamsError, load_params, validate_params
+
+PARAMS = ROOT / "params.yaml"
+
+
+def test_repo_params_validate_and_smoke_profile_shrinks() -> None:
+    p = load_params(PARAMS)
+    s = load_params(PARAMS, profile="smoke")
+    assert s.train.epochs < p.train.epochs and s.data.num_train < p.data.num_train
+    assert s.model.name == p.model.name
+
+
+def test_profile_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VISTA_PROFILE", "smoke")
+    assert load_params(PARAMS).data.image_size == (64, 64)
+    monkeypatch.setenv("VISTA_PROFILE", "nosuch")
+    with pytest.raises(ParamsError, match="profile 'nosuch'.*have: \\['smoke'\\]"):
+        load_params(PARAMS)
+
+
+def test_overrides_are_typed_and_applied_after_the_profile() -> None:
+    p = load_params(PARAMS, ["train.epochs=3", "train.lr=1e-3", "model.attention.dilations=[1, 2, 4]",
+                             "model.attention.rank=0", "model.tasks=[seg]"], profile="smoke")
+    assert p.train.epochs == 3 and p.train.lr == 1e-3
+    assert p.model.attention.dilations == (1, 2, 4) and p.model.attention.rank == 0
+    assert p.model.tasks == ("seg",)
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("train.epochz=3", r"train\.epochz=3: Extra inputs are not permitted"),
+        ("train.epochs=zero", r"train\.epochs='zero'"),
+        ("train.epochs=0", r"train\.epochs=0: Input should be greater than or equal to 1"),
+        ("model.attention.rank=-1", r"model\.attention\.rank=-1"),
+        ("model.tasks=[depth, depth]", r"model\.tasks=\['depth', 'depth'\]"),
+        ("model.output_stride=12", r"model\.output_stride=12"),
+        ("train.epochs", r"expected key=value"),
+        ("train..lr=1", r"dotted keys"),
+        ("train.lr.x=1", r"train\.lr is not a section"),
+    ],
+)
+def test_bad_overrides_name_key_and_value(override: str, match: str) -> None:
+    with pytest.raises(ParamsError, match=match):
+        load_params(PARAMS, [override])
+
+
+def test_bad_files(tmp_path: Path) -> None:
+    with pytest.raises(ParamsError, match="nope.yaml: params file not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ParamsError, match="bad.yaml: not valid YAML"):
+        load_params(bad)
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ParamsError, match="expected a mapping"):
+        load_params(bad)
+
+
+def test_dump_round_trips_for_workers_and_flattens() -> None:
+    p = load_params(PARAMS)
+    assert validate_params(p.model_dump()) == p
+    flat = p.flatten()
+    assert flat["train.lr"] == p.train.lr and flat["model.attention.rank"] == p.model.attention.rank
+    assert not any(k.startswith("profiles") for k in flat)
