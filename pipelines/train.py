@@ -47,8 +47,14 @@ def build_loaders(params: Params) -> tuple[DataLoader, DataLoader]:
     d, t = params.data, params.train
     cfg = SyntheticConfig(height=d.image_size[0], width=d.image_size[1], seed=d.seed)
     gen = torch.Generator().manual_seed(t.seed)
-    train = DataLoader(SyntheticDataset(cfg, d.num_train, "train"), t.batch_size, shuffle=True, drop_last=True,
-                       num_workers=t.num_workers, generator=gen)
+    train = DataLoader(
+        SyntheticDataset(cfg, d.num_train, "train"),
+        t.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=t.num_workers,
+        generator=gen,
+    )
     val = DataLoader(SyntheticDataset(cfg, d.num_val, "val"), t.batch_size, num_workers=t.num_workers)
     if len(train) == 0:
         raise ValueError(f"data.num_train={d.num_train} < train.batch_size={t.batch_size}: no full batch to train on")
@@ -68,21 +74,37 @@ def run(params: Params, console: Console | None = None) -> dict[str, Any]:
     opt = build_optimizer(model, t.optimizer, t.lr, t.lr_mult, t.weight_decay, t.momentum, t.eps)
     sched = poly_schedule(opt, t.epochs * len(train_loader), t.poly_power, t.min_lr_ratio)
     loss_fn = MultiTaskLoss(t.loss_weights, params.data.ignore_index, t.aux_weight, t.normal_loss)
-    metrics = TaskMetrics(params.model.tasks, params.model.num_classes, params.data.ignore_index, params.model.max_depth)
+    metrics = TaskMetrics(
+        params.model.tasks, params.model.num_classes, params.data.ignore_index, params.model.max_depth
+    )
     n_params = sum(p.numel() for p in model.parameters())
-    console.print(f"[bold]{params.model.name}[/] ({n_params / 1e6:.1f} M params) on {device}, "
-                  f"{len(train_loader.dataset)} train / {len(val_loader.dataset)} val samples")
+    console.print(
+        f"[bold]{params.model.name}[/] ({n_params / 1e6:.1f} M params) on {device}, "
+        f"{len(train_loader.dataset)} train / {len(val_loader.dataset)} val samples"
+    )
 
     start = time.perf_counter()
     initial = evaluate(model, val_loader, metrics, device, amp=t.amp, channels_last=t.channels_last)
     history = []
-    columns = (TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn())
+    columns = (
+        TextColumn("epoch {task.fields[epoch]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.3f}"),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=console, transient=False) as progress:
         for epoch in range(1, t.epochs + 1):
             task = progress.add_task("train", total=len(train_loader), epoch=f"{epoch}/{t.epochs}", loss=float("nan"))
             losses = train_one_epoch(
-                model, train_loader, opt, loss_fn, device, sched, amp=t.amp, channels_last=t.channels_last,
+                model,
+                train_loader,
+                opt,
+                loss_fn,
+                device,
+                sched,
+                amp=t.amp,
+                channels_last=t.channels_last,
                 on_step=lambda _s, loss, task=task: progress.update(task, advance=1, loss=loss),
             )
             val = evaluate(model, val_loader, metrics, device, amp=t.amp, channels_last=t.channels_last)
@@ -90,8 +112,12 @@ def run(params: Params, console: Console | None = None) -> dict[str, Any]:
     final = history[-1] if history else initial
     out = Path(t.out_dir)
     save_checkpoint(out / "last.pt", model, opt, sched, epoch=t.epochs, params=params.model_dump(mode="json"))
-    result = {"initial": initial, "final": {k: v for k, v in final.items() if k.startswith("val/")},
-              "history": history, "wall_s": time.perf_counter() - start}
+    result = {
+        "initial": initial,
+        "final": {k: v for k, v in final.items() if k.startswith("val/")},
+        "history": history,
+        "wall_s": time.perf_counter() - start,
+    }
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
 
     table = Table("metric", "at init", "after training", title=f"val metrics ({result['wall_s']:.0f} s)")

@@ -15,8 +15,9 @@ runner = CliRunner()
 
 def test_train_smoke_writes_checkpoint_and_metrics(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    r = runner.invoke(app, ["train", "--params", str(ROOT / "params.yaml"), "--profile", "smoke",
-                            "--set", f"train.out_dir={out}"])
+    r = runner.invoke(
+        app, ["train", "--params", str(ROOT / "params.yaml"), "--profile", "smoke", "--set", f"train.out_dir={out}"]
+    )
     assert r.exit_code == 0, r.output
     assert (out / "last.pt").is_file()
     result = json.loads((out / "metrics.json").read_text())

@@ -28,8 +28,17 @@ def test_profile_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_overrides_are_typed_and_applied_after_the_profile() -> None:
-    p = load_params(PARAMS, ["train.epochs=3", "train.lr=1e-3", "model.attention.dilations=[1, 2, 4]",
-                             "model.attention.rank=0", "model.tasks=[seg]"], profile="smoke")
+    p = load_params(
+        PARAMS,
+        [
+            "train.epochs=3",
+            "train.lr=1e-3",
+            "model.attention.dilations=[1, 2, 4]",
+            "model.attention.rank=0",
+            "model.tasks=[seg]",
+        ],
+        profile="smoke",
+    )
     assert p.train.epochs == 3 and p.train.lr == 1e-3
     assert p.model.attention.dilations == (1, 2, 4) and p.model.attention.rank == 0
     assert p.model.tasks == ("seg",)

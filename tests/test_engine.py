@@ -57,9 +57,7 @@ def test_poly_schedule_values() -> None:
     assert lrs[10] == pytest.approx(0.1)
 
 
-@pytest.mark.parametrize(
-    ("task", "steps"), [("depth", 300), ("seg", 300), ("normal", 300)]
-)
+@pytest.mark.parametrize(("task", "steps"), [("depth", 300), ("seg", 300), ("normal", 300)])
 def test_tiny_model_overfits_one_batch(task: str, steps: int) -> None:
     torch.manual_seed(0)
     m = create_model("vista_r18", tasks=(task,), **TINY)
@@ -85,8 +83,9 @@ def test_train_and_evaluate_return_named_values_and_bf16_runs() -> None:
     batch = synthetic_batch()
     opt = build_optimizer(m)
     seen = []
-    losses = train_one_epoch(m, [batch, batch], opt, MultiTaskLoss(), amp=True, channels_last=True,
-                             on_step=lambda s, v: seen.append(s))
+    losses = train_one_epoch(
+        m, [batch, batch], opt, MultiTaskLoss(), amp=True, channels_last=True, on_step=lambda s, v: seen.append(s)
+    )
     assert seen == [0, 1]
     assert set(losses) == {"loss", "depth", "seg", "seg_aux", "normal"}
     metrics = evaluate(m, [batch], TaskMetrics(("depth", "seg", "normal"), 6), amp=True)
@@ -99,8 +98,10 @@ def test_nan_loss_stops_with_the_step_named() -> None:
     batch = synthetic_batch()
     batch["depth"] = batch["depth"] * float("nan")
     batch["depth"][..., 0, 0] = 1.0
+
     def nan_loss(pred, b):
         return pred["depth"].mean() * float("nan"), {}
+
     with pytest.raises(FloatingPointError, match="at step 0"):
         train_one_epoch(m, [batch], build_optimizer(m), nan_loss)
 

@@ -42,7 +42,9 @@ def test_multitask_ce_ignores_index_and_weights_aux() -> None:
     seg = torch.tensor([[[0, 1], [255, 255]]])
     loss = MultiTaskLoss({"seg": 1.0}, ignore_index=255, aux_weight=0.2)
     total, parts = loss({"seg": logits, "seg_aux": logits}, {"seg": seg})
-    ce = torch.nn.functional.cross_entropy(logits.flatten(2)[..., :2].permute(0, 2, 1).reshape(2, 3), torch.tensor([0, 1]))
+    ce = torch.nn.functional.cross_entropy(
+        logits.flatten(2)[..., :2].permute(0, 2, 1).reshape(2, 3), torch.tensor([0, 1])
+    )
     assert parts["seg"].item() == pytest.approx(ce.item(), rel=1e-5)
     assert total.item() == pytest.approx(1.2 * ce.item(), rel=1e-5)
     all_ignored, _ = loss({"seg": logits.requires_grad_()}, {"seg": torch.full((1, 2, 2), 255)})

@@ -84,7 +84,5 @@ class MultiTaskLoss(nn.Module):
                 parts["seg_aux"] = self._ce(pred["seg_aux"], seg)
         if "normal" in pred:
             parts["normal"] = normal_loss(pred["normal"].float(), batch["normal"], self.normal_kind)
-        total = sum(
-            (self.aux_weight if k == "seg_aux" else self.weights.get(k, 1.0)) * v for k, v in parts.items()
-        )
+        total = sum((self.aux_weight if k == "seg_aux" else self.weights.get(k, 1.0)) * v for k, v in parts.items())
         return total, {k: v.detach() for k, v in parts.items()}  # type: ignore[return-value]

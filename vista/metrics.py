@@ -140,7 +140,9 @@ class NormalMetrics(Metric):
 class TaskMetrics:
     """The metrics of every task of a model; ``update(pred, batch)`` then ``compute(split)``."""
 
-    def __init__(self, tasks: tuple[str, ...], num_classes: int = 1, ignore_index: int = 255, max_depth: float | None = None) -> None:
+    def __init__(
+        self, tasks: tuple[str, ...], num_classes: int = 1, ignore_index: int = 255, max_depth: float | None = None
+    ) -> None:
         self.metrics: dict[str, Metric] = {}
         if "depth" in tasks:
             self.metrics["depth"] = DepthMetrics(max_depth=max_depth)

@@ -9,13 +9,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vista.models import attention_config, create_attention
-from vista.models.attention import AttentionGatedMessage, mean_field, message_evidence, pixel_adaptive_filter
+from vista.models.attention import (
+    AttentionGatedMessage,
+    gated_message,
+    mean_field,
+    message_evidence,
+    pixel_adaptive_filter,
+)
 from vista.models.reference import unfold_filter, unfold_message_evidence
 
 IN = (8, 12, 16)  # tiny c2, c3, c4 channels
 
 
-def feats(b: int = 2, grid: int = 8, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> list[torch.Tensor]:
+def feats(
+    b: int = 2, grid: int = 8, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> list[torch.Tensor]:
     """c2, c3, c4 at strides 8, 16, 32 (grid, grid/2, grid/4)."""
     return [torch.randn(b, c, grid >> i, grid >> i, dtype=dtype, device=device) for i, c in enumerate(IN)]
 
@@ -119,6 +127,18 @@ def test_message_evidence_gradcheck(same: bool, d: int, k: int) -> None:
         assert torch.autograd.gradcheck(lambda a, *ks: message_evidence(a, a, *ks, d, k), (f_e, *kernels))
     else:
         assert torch.autograd.gradcheck(lambda a, b, *ks: message_evidence(a, b, *ks, d, k), (f_e, f_r, *kernels))
+
+
+@pytest.mark.parametrize("gate", [False, True])
+def test_gated_message_matches_autograd_formula_and_gradcheck(gate: bool) -> None:
+    def t(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+
+    s, phi, v, m = t(2, 3, 4, 5), t(2, 3, 4, 5), t(2, 2, 3), t(2, 2, 4, 5)
+    a = torch.einsum("btc,bthw->bchw", v, m)
+    expected = (a * phi if gate else a) * s
+    torch.testing.assert_close(gated_message(s, phi, v, m, gate_evidence=gate), expected)
+    assert torch.autograd.gradcheck(lambda *x: gated_message(*x, gate_evidence=gate), (s, phi, v, m))
 
 
 @pytest.mark.parametrize("preset", ["paper", "official"])
@@ -235,7 +255,7 @@ def test_channel_sampling_is_stochastic_in_training_only() -> None:
 )
 def test_every_parameter_gets_a_finite_nonzero_gradient(kw: dict) -> None:
     m = tiny(**kw).double().train()
-    m(([f.double() for f in feats()])).square().mean().backward()
+    m([f.double() for f in feats()]).square().mean().backward()
     for name, p in m.named_parameters():
         assert p.grad is not None, name
         assert torch.isfinite(p.grad).all(), name
@@ -250,7 +270,12 @@ def test_official_preset_parameter_count() -> None:
 
 def test_paper_preset_is_the_default() -> None:
     cfg = attention_config()
-    assert (cfg.channel_init, cfg.update_channels, cfg.gate_evidence, cfg.fusion) == ("uniform", True, False, "residual")
+    assert (cfg.channel_init, cfg.update_channels, cfg.gate_evidence, cfg.fusion) == (
+        "uniform",
+        True,
+        False,
+        "residual",
+    )
 
 
 @pytest.mark.gpu

@@ -41,7 +41,9 @@ def test_example_from_the_issue_full_size_r18() -> None:
     with torch.no_grad():
         out = m(torch.randn(1, 3, 64, 64))
     assert {k: tuple(v.shape) for k, v in out.items()} == {
-        "depth": (1, 1, 64, 64), "seg": (1, 12, 64, 64), "normal": (1, 3, 64, 64)
+        "depth": (1, 1, 64, 64),
+        "seg": (1, 12, 64, 64),
+        "normal": (1, 3, 64, 64),
     }
 
 

@@ -330,6 +330,56 @@ def mean_field(
     return v, m
 
 
+def structured_tensor(v: Tensor, m: Tensor, phi: Tensor | None = None) -> Tensor:
+    """``A = Σ_t v^t ⊗ m^t`` (CP rank ≤ T), times ``phi`` when given (the official gating).
+
+    ``v`` (B, T, C), ``m`` (B, T, h, w) -> (B, C, h, w).
+    """
+    a = torch.einsum("btc,bthw->bchw", v, m)
+    return a if phi is None else a.mul_(phi)
+
+
+class _GatedMessage(torch.autograd.Function):
+    """``M = S ⊙ [Φ ⊙] Σ_t v^t ⊗ m^t`` without keeping the (B, C, h, w) attention tensor for backward:
+    it is rebuilt from its T factors there."""
+
+    @staticmethod
+    def forward(ctx, s, phi, v, m, gate_evidence):  # type: ignore[override]
+        dtype = functools.reduce(torch.promote_types, (t.dtype for t in (s, phi, v, m)))
+        s, phi, v, m = (t.to(dtype) for t in (s, phi, v, m))
+        ctx.save_for_backward(s, phi, v, m)
+        ctx.gate = gate_evidence
+        return structured_tensor(v, m, phi if gate_evidence else None).mul_(s)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):  # type: ignore[override]
+        s, phi, v, m = ctx.saved_tensors
+        a = torch.einsum("btc,bthw->bchw", v, m)  # (B, C, h, w), recomputed
+        g_s_a = g * s  # ∂/∂(a ⊙ [Φ])
+        if ctx.gate:
+            g_phi = g_s_a * a
+            g_a = g_s_a.mul_(phi)
+            g_s = a.mul_(phi).mul_(g)
+        else:
+            g_phi = None
+            g_a = g_s_a
+            g_s = a.mul_(g)
+        g_v = torch.einsum("bchw,bthw->btc", g_a, m)
+        g_m = torch.einsum("bchw,btc->bthw", g_a, v)
+        return g_s, g_phi, g_v, g_m, None
+
+
+def gated_message(s: Tensor, phi: Tensor, v: Tensor, m: Tensor, *, gate_evidence: bool = False) -> Tensor:
+    """Message ``M = A ⊙ S`` with ``A = Σ_t v^t ⊗ m^t`` (paper) or ``Φ ⊙ Σ_t v^t ⊗ m^t`` (official).
+
+    Args:
+        s: filtered sender (B, C, h, w); phi: evidence (B, C, h, w);
+        v: channel vectors (B, T, C); m: spatial maps (B, T, h, w).
+    """
+    return _GatedMessage.apply(s, phi, v, m, gate_evidence)
+
+
 # --------------------------------------------------------------------------------------------------
 # Modules
 # --------------------------------------------------------------------------------------------------
@@ -359,9 +409,7 @@ class AttentionGatedMessage(nn.Module):
             self.add_module(f"kernel_prediction_{i}", nn.Conv2d(2 * c, k * k, k, dilation=d, padding=pad))
             self.add_module(f"kernel_se_{i}", nn.Conv2d(c, k * k, k, dilation=d, padding=pad))
             self.add_module(f"kernel_sr_{i}", nn.Conv2d(c, k * k, k, dilation=d, padding=pad))
-        self.combination_msgs = nn.Sequential(
-            nn.Conv2d(len(cfg.dilations) * c, c, 1), nn.ReLU(inplace=True)
-        )
+        self.combination_msgs = nn.Sequential(nn.Conv2d(len(cfg.dilations) * c, c, 1), nn.ReLU(inplace=True))
         n_dil = len(cfg.dilations)
         if cfg.rank > 0 and cfg.channel_init == "learned":
             # small random logits break the symmetry between the T terms
@@ -382,16 +430,17 @@ class AttentionGatedMessage(nn.Module):
             return draws.to(device=phi.device, dtype=phi.dtype)
         return phi.new_zeros(b, t, c)  # uniform: softmax(0) = 1/C
 
-    def attention(self, i: int, phi: Tensor) -> AttentionMaps:
-        """Structured attention at dilation index ``i`` (0-based) from evidence ``phi`` (B, C, h, w)."""
+    def infer(self, i: int, phi: Tensor) -> tuple[Tensor, Tensor] | None:
+        """Channel vectors ``v`` (B, T, C) and spatial maps ``m`` (B, T, h, w) at dilation index ``i``
+        (0-based) from the evidence ``phi`` (B, C, h, w); ``None`` when T = 0 (unstructured)."""
         cfg = self.cfg
         if cfg.rank == 0:
-            return AttentionMaps(phi, None, None)  # unstructured: the evidence itself gates
+            return None
         noise = None
         if cfg.sample_channels and self.training:
             sigma = self.channel_log_sigma[i].exp()
             noise = lambda z: z + sigma * torch.randn_like(z)  # noqa: E731
-        v, m = mean_field(
+        return mean_field(
             phi,
             self._init_logits(i, phi),
             cfg.inference_iters,
@@ -400,32 +449,54 @@ class AttentionGatedMessage(nn.Module):
             update_channels=cfg.update_channels,
             noise=noise,
         )
-        a = torch.einsum("btc,bthw->bchw", v, m)  # Σ_t v^t ⊗ m^t, CP rank ≤ T
-        if cfg.gate_evidence:
-            a = a * phi
-        return AttentionMaps(a, v, m)
 
-    def forward(
-        self, receiver: Tensor, sender: Tensor, maps: list[AttentionMaps] | None = None
-    ) -> Tensor:
+    def attention(self, i: int, phi: Tensor) -> AttentionMaps:
+        """The attention tensor with its factors at dilation index ``i`` (for inspection and tests)."""
+        vm = self.infer(i, phi)
+        if vm is None:
+            return AttentionMaps(phi, None, None)  # unstructured: the evidence itself gates
+        return AttentionMaps(structured_tensor(*vm, phi if self.cfg.gate_evidence else None), *vm)
+
+    def _kernels(self, n: int, sender: Tensor, receiver: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """W = conv(cat(f_e, f_r)), K^e = conv(f_e), K^r = conv(f_r) for dilation number ``n``.
+
+        The 2C-input conv is split into its sender and receiver halves and merged with the evidence
+        convs of the same input: the same function, two convs instead of three, and no concatenated
+        (B, 2C, h, w) tensor kept for backward.
+        """
+        pred: nn.Conv2d = getattr(self, f"kernel_prediction_{n}")
+        conv_e: nn.Conv2d = getattr(self, f"kernel_se_{n}")
+        conv_r: nn.Conv2d = getattr(self, f"kernel_sr_{n}")
+        c, k2 = sender.shape[1], pred.out_channels
+        opts = {"padding": pred.padding, "dilation": pred.dilation}
+        out_e = F.conv2d(
+            sender, torch.cat([pred.weight[:, :c], conv_e.weight]), torch.cat([pred.bias, conv_e.bias]), **opts
+        )
+        out_r = F.conv2d(receiver, torch.cat([pred.weight[:, c:], conv_r.weight]), None, **opts)
+        w = out_e[:, :k2] + out_r[:, :k2]  # (B, k², h, w), sender channels first as in the official code
+        k_r = out_r[:, k2:] + conv_r.bias.view(1, -1, 1, 1)
+        return w, out_e[:, k2:], k_r
+
+    def forward(self, receiver: Tensor, sender: Tensor, maps: list[AttentionMaps] | None = None) -> Tensor:
         """Fused message ``(B, C, h, w)`` from ``sender`` to ``receiver`` (both ``(B, C, h, w)``).
 
         Args:
             maps: if given, the attention of each dilation is appended to it.
         """
         cfg = self.cfg
-        both = torch.cat((sender, receiver), dim=1)  # (B, 2C, h, w), sender first as in the official code
         messages = []
         for i in range(len(cfg.dilations)):
-            n = i + 1
-            w = getattr(self, f"kernel_prediction_{n}")(both)  # (B, k², h, w)
-            k_e = getattr(self, f"kernel_se_{n}")(sender)
-            k_r = getattr(self, f"kernel_sr_{n}")(receiver)
+            w, k_e, k_r = self._kernels(i + 1, sender, receiver)  # each (B, k², h, w)
             s, phi = self.evidence(sender, receiver, w, k_e, k_r, cfg.dilations[i], cfg.kernel_size)
-            att = self.attention(i, phi)
+            vm = self.infer(i, phi)
+            if vm is None:
+                messages.append(phi * s)  # T = 0: M_d = Φ_d ⊙ S_d
+            else:
+                messages.append(gated_message(s, phi, *vm, gate_evidence=cfg.gate_evidence))
             if maps is not None:
-                maps.append(att)
-            messages.append(att.a * s)  # M_d = A_d ⊙ S_d
+                with torch.no_grad():
+                    a = phi if vm is None else structured_tensor(*vm, phi if cfg.gate_evidence else None)
+                maps.append(AttentionMaps(a, *(vm or (None, None))))
         return self.combination_msgs(torch.cat(messages, dim=1))
 
 

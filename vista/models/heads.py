@@ -10,7 +10,9 @@ TASK_CHANNELS = {"depth": 1, "normal": 3}
 
 
 def conv_bn_relu(cin: int, cout: int, k: int = 3) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
 
 
 class Decoder(nn.Module):
@@ -42,7 +44,10 @@ class TaskHeads(nn.Module):
         self.max_depth = max_depth
         self.heads = nn.ModuleDict(
             {
-                t: nn.Sequential(conv_bn_relu(in_channels, in_channels), nn.Conv2d(in_channels, num_classes if t == "seg" else TASK_CHANNELS[t], 1))
+                t: nn.Sequential(
+                    conv_bn_relu(in_channels, in_channels),
+                    nn.Conv2d(in_channels, num_classes if t == "seg" else TASK_CHANNELS[t], 1),
+                )
                 for t in tasks
             }
         )
@@ -64,7 +69,9 @@ class AuxSegHead(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, channels: int = 64) -> None:
         super().__init__()
-        self.body = nn.Sequential(conv_bn_relu(in_channels, channels), nn.Dropout2d(0.1), nn.Conv2d(channels, num_classes, 1))
+        self.body = nn.Sequential(
+            conv_bn_relu(in_channels, channels), nn.Dropout2d(0.1), nn.Conv2d(channels, num_classes, 1)
+        )
 
     def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
         return F.interpolate(self.body(x), size=size, mode="bilinear", align_corners=False)

@@ -76,7 +76,9 @@ class VistaNet(nn.Module):
         self.neck: nn.Module
         if cfg.neck == "vista":
             overrides = {"width": cfg.width, **cfg.attention}
-            self.neck = StructuredAttention(attention_config(cfg.attention_preset, in_channels=(c2, c3, c4), **overrides))
+            self.neck = StructuredAttention(
+                attention_config(cfg.attention_preset, in_channels=(c2, c3, c4), **overrides)
+            )
         elif cfg.neck in ("baseline", "cbam"):
             self.neck = ProjectedNeck(c4, cfg.width, "cbam" if cfg.neck == "cbam" else None)
         else:
@@ -120,7 +122,9 @@ for _tag, _bb in _DEPTHS.items():
     register_model(f"baseline_{_tag}", backbone=_bb, neck="baseline", width=_width)
     register_model(f"cbam_{_tag}", backbone=_bb, neck="cbam", width=_width)
 # The official module on ResNet-101: attention replaces layer4 (stride 32 output, 2048 channels).
-register_model("vista_official_r101", backbone="resnet101", neck="vista", attention_preset="official", width=512, output_stride=32)
+register_model(
+    "vista_official_r101", backbone="resnet101", neck="vista", attention_preset="official", width=512, output_stride=32
+)
 
 
 def list_models() -> list[str]:

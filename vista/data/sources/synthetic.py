@@ -17,9 +17,13 @@ from typing import Any
 import numpy as np
 
 CLASSES = ("floor", "ceiling", "wall", "sphere", "box", "cylinder")
-_BASE_COLOURS = np.array(
-    [[150, 110, 70], [225, 225, 215], [180, 170, 150], [200, 40, 40], [40, 90, 200], [60, 170, 70]], dtype=np.float32
-) / 255.0
+_BASE_COLOURS = (
+    np.array(
+        [[150, 110, 70], [225, 225, 215], [180, 170, 150], [200, 40, 40], [40, 90, 200], [60, 170, 70]],
+        dtype=np.float32,
+    )
+    / 255.0
+)
 
 
 @dataclass(frozen=True)
