@@ -39,6 +39,36 @@ def train(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, profile:
 
 
 @app.command()
+def prepare(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, profile: ProfileOpt = None) -> None:
+    """Validate the raw dataset into data/prepared/<dataset>/manifest.parquet."""
+    from vista.data.manifest import PrepareError
+
+    from . import prepare as stage
+
+    p = _load(params, set_, profile)
+    try:
+        stage.run(p, console)
+    except (PrepareError, FileNotFoundError, ValueError) as err:
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def shard(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, profile: ProfileOpt = None) -> None:
+    """Pack the manifest's samples into WebDataset shards under data/shards/<dataset>/."""
+    from vista.data.shards import ShardError
+
+    from . import shard as stage
+
+    p = _load(params, set_, profile)
+    try:
+        stage.run(p, console)
+    except (ShardError, FileNotFoundError, ValueError) as err:
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(1) from None
+
+
+@app.command()
 def models() -> None:
     """List the registered model names."""
     from vista.models import list_models

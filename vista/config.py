@@ -67,13 +67,44 @@ class ModelParams(_Strict):
         return v
 
 
+DatasetName = Literal["synthetic", "camvid", "nyu_depth_v2", "kitti_depth", "cityscapes", "pascal_context"]
+
+
 class DataParams(_Strict):
-    dataset: Literal["synthetic"] = "synthetic"
-    image_size: tuple[int, int] = (96, 128)
-    num_train: int = Field(128, ge=1)
+    """The raw dataset and how the prepare stage reads it."""
+
+    dataset: DatasetName = "synthetic"
+    root: str = ""  # the dataset's folder in its official layout (unused by synthetic)
+    splits: tuple[str, ...] = ("train", "val")
+    on_bad_sample: Literal["error", "skip"] = "error"
+    image_size: tuple[int, int] = (96, 128)  # synthetic only: rendered H, W
+    num_train: int = Field(128, ge=1)  # synthetic only: samples per split
     num_val: int = Field(32, ge=1)
     ignore_index: int = 255
     seed: int = 0
+    prepared_dir: str = "data/prepared"
+    shards_dir: str = "data/shards"
+
+
+class ShardParams(_Strict):
+    """How the shard stage packs samples into WebDataset tars."""
+
+    max_samples: int = Field(64, ge=1)  # per shard
+    max_bytes: int = Field(256 * 2**20, ge=1024)  # per shard (a shard holds at least one sample)
+    seed: int = 0  # sharding-time shuffle
+    rgb_format: Literal["png", "jpg"] = "png"
+    jpeg_quality: int = Field(95, ge=1, le=100)
+
+
+class LoaderParams(_Strict):
+    """How training and evaluation read the shards."""
+
+    shuffle_buffer: int = Field(256, ge=0)
+    num_workers: int = Field(0, ge=0)
+    scale_range: tuple[float, float] = (0.75, 1.5)
+    crop_size: tuple[int, int] | None = None  # (H, W); None = the input size
+    hflip: bool = True
+    color_jitter: float = Field(0.2, ge=0)
 
 
 class TrainParams(_Strict):
@@ -100,6 +131,8 @@ class TrainParams(_Strict):
 class Params(_Strict):
     model: ModelParams = ModelParams()
     data: DataParams = DataParams()
+    shard: ShardParams = ShardParams()
+    loader: LoaderParams = LoaderParams()
     train: TrainParams = TrainParams()
     profiles: dict[str, dict[str, Any]] = {}
 

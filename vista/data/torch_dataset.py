@@ -19,10 +19,12 @@ IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
 VAL_OFFSET = 1_000_000  # validation indices never overlap training ones
 
 
-def to_tensors(sample: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """Numpy sample (HWC uint8 rgb, metric depth, class ids, normals) -> model tensors."""
+def to_tensors(sample: dict[str, Any], normalize: bool = True) -> dict[str, torch.Tensor]:
+    """Numpy sample (HWC uint8 rgb, metric depth, class ids, normals) -> model tensors.
+
+    ``normalize=False`` keeps RGB in [0, 1] (for transforms that expect it)."""
     rgb = torch.from_numpy(np.ascontiguousarray(sample["rgb"])).permute(2, 0, 1).float() / 255.0
-    out = {"rgb": (rgb - IMAGENET_MEAN) / IMAGENET_STD}
+    out = {"rgb": (rgb - IMAGENET_MEAN) / IMAGENET_STD if normalize else rgb}
     if "depth" in sample:
         depth = torch.from_numpy(np.asarray(sample["depth"], dtype=np.float32))
         out["depth"] = torch.where(torch.isfinite(depth), depth, torch.zeros_like(depth))[None]

@@ -12,9 +12,12 @@ vectors in the camera frame pointing towards the camera side of the surface.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .base import SampleRef, Source, register_source
 
 CLASSES = ("floor", "ceiling", "wall", "sphere", "box", "cylinder")
 _BASE_COLOURS = (
@@ -137,3 +140,44 @@ def render(cfg: SyntheticConfig, index: int) -> dict[str, Any]:
         "normal": normal_c.reshape(h, w, 3).astype(np.float32),
         "meta": {"fx": f, "fy": f, "cx": cx, "cy": cy, "classes": list(CLASSES)},
     }
+
+
+SPLIT_OFFSET = {"train": 0, "val": 1_000_000, "test": 2_000_000}  # disjoint index ranges per split
+
+
+@register_source
+class Synthetic(Source):
+    """Procedural scenes as a source: ``root`` is unused; counts per split and sizes are options."""
+
+    name = "synthetic"
+    tasks = ("depth", "seg", "normal")
+    classes = CLASSES
+    void_id = None
+    max_depth = 10.0
+    splits = ("train", "val", "test")
+
+    def __init__(
+        self,
+        root: str | Path = "",
+        height: int = 96,
+        width: int = 128,
+        seed: int = 0,
+        counts: dict[str, int] | None = None,
+    ) -> None:
+        super().__init__(root)
+        self.cfg = SyntheticConfig(height=height, width=width, seed=seed)
+        self.counts = dict(counts or {"train": 256, "val": 32})
+
+    def list(self, split: str) -> list[SampleRef]:
+        self.check_split(split)
+        off = SPLIT_OFFSET[split]
+        return [
+            SampleRef(f"synthetic_{self.cfg.seed:04d}_{off + i:07d}", split, {}, off + i)
+            for i in range(self.counts.get(split, 0))
+        ]
+
+    def load(self, ref: SampleRef) -> dict[str, Any]:
+        assert ref.index is not None
+        sample = render(self.cfg, ref.index)
+        sample["meta"]["dataset"] = self.name
+        return sample

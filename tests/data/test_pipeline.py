@@ -1,0 +1,275 @@
+"""prepare -> shard -> readers: round trips, determinism, bad input, fail-fast, HTTP."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import threading
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import shared_path
+from vista.data.manifest import PrepareError, prepare, read_manifest, ref_of
+from vista.data.shards import ShardError, write_shards
+from vista.data.sources.base import SampleRef, Source, get_source
+from vista.data.transforms import TrainTransform
+from vista.data.webdata import eval_loader, iter_samples, load_index, train_loader
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def build(source: Source, tmp: Path, splits=("train", "val"), **shard_kw) -> tuple[Path, Path]:
+    prepared = tmp / "prepared"
+    prepare(source, splits, prepared)
+    out = tmp / "shards"
+    write_shards(source, prepared / "manifest.parquet", out, **shard_kw)
+    return prepared / "manifest.parquet", out
+
+
+def read_all_ranks(location: str, split: str, monkeypatch: pytest.MonkeyPatch, world: int = 2, workers: int = 2):
+    """Keys and samples seen by every rank (simulated through RANK/WORLD_SIZE) and loader worker."""
+    seen: dict[str, dict] = {}
+    keys: list[str] = []
+    for rank in range(world):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", str(world))
+        for batch in eval_loader(location, split, batch_size=3, num_workers=workers):
+            for i, key in enumerate(batch["key"]):
+                keys.append(key)
+                seen[key] = {k: v[i] for k, v in batch.items() if k != "key"}
+    return keys, seen
+
+
+def assert_exactly_once(keys: list[str], manifest_keys: list[str]) -> None:
+    counts = Counter(keys)
+    assert sorted(counts) == sorted(manifest_keys)
+    assert set(counts.values()) == {1}
+
+
+def test_synthetic_round_trip_2_ranks_x_2_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = get_source("synthetic", "", height=24, width=32, counts={"train": 10, "val": 9})
+    manifest, shards = build(src, tmp_path, max_samples=2)
+    rows = [r for r in read_manifest(manifest) if r["split"] == "val"]
+    keys, seen = read_all_ranks(str(shards), "val", monkeypatch)
+    assert_exactly_once(keys, [r["key"] for r in rows])
+    for r in rows:
+        ref = src.load(ref_of(r))
+        got = seen[r["key"]]
+        rgb = (
+            got["rgb"] * torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+            + torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+        ) * 255
+        assert np.abs(rgb.permute(1, 2, 0).numpy() - ref["rgb"]).max() < 1e-3  # exact up to float32 maths
+        assert np.array_equal(got["seg"].numpy(), ref["seg"].astype(np.int64))  # bit-exact labels
+        assert np.abs(got["depth"][0].numpy() - ref["depth"]).max() <= 0.0005 + 1e-6  # 1 mm storage
+        assert np.abs(got["normal"].permute(1, 2, 0).numpy() - ref["normal"]).max() < 1e-3  # float16
+
+
+def test_camvid_val_round_trip_2_ranks_x_2_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = get_source("camvid", shared_path("data", "camvid"))
+    manifest, shards = build(src, tmp_path, splits=("val",), max_samples=16)
+    rows = read_manifest(manifest)
+    assert len(rows) == 101
+    keys, _ = read_all_ranks(str(shards), "val", monkeypatch)
+    assert_exactly_once(keys, [r["key"] for r in rows])
+    # decoded members are identical to the source files
+    decoded = {s["key"]: s for s in iter_samples(str(shards), "val")}
+    for r in rows[::10]:
+        ref = src.load(ref_of(r))
+        assert np.array_equal(decoded[r["key"]]["rgb"], ref["rgb"])
+        assert np.array_equal(decoded[r["key"]]["seg"], ref["seg"].astype(np.int64))
+    assert decoded[rows[0]["key"]]["seg"].max() <= 11  # void id 11 kept as is
+
+
+def test_shards_are_byte_identical_across_runs_and_bounded(tmp_path: Path) -> None:
+    src = get_source("synthetic", "", height=16, width=20, counts={"train": 7, "val": 2})
+    _, a = build(src, tmp_path / "a", max_samples=3)
+    _, b = build(src, tmp_path / "b", max_samples=3)
+    files = sorted(p.name for p in a.iterdir())
+    assert files == sorted(p.name for p in b.iterdir())
+    assert files == ["shards.json", "train-000000.tar", "train-000001.tar", "train-000002.tar", "val-000000.tar"]
+    for f in files:
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f
+    index = load_index(str(a))
+    assert [s["samples"] for s in index["splits"]["train"]["shards"]] == [3, 3, 1]
+    for s in index["splits"]["train"]["shards"]:
+        assert hashlib.sha256((a / s["file"]).read_bytes()).hexdigest() == s["sha256"]
+        assert (a / s["file"]).stat().st_size == s["bytes"]
+    assert index["totals"] == {"samples": 9, "shards": 4, "bytes": sum((a / f).stat().st_size for f in files[1:])}
+    # a different seed shuffles differently
+    _, c = build(src, tmp_path / "c", max_samples=3, seed=1)
+    assert (c / "train-000000.tar").read_bytes() != (a / "train-000000.tar").read_bytes()
+
+
+def test_byte_bound_closes_shards(tmp_path: Path) -> None:
+    src = get_source("synthetic", "", height=16, width=20, counts={"train": 6})
+    _, out = build(src, tmp_path, splits=("train",), max_samples=100, max_bytes=8000)
+    shards = load_index(str(out))["splits"]["train"]["shards"]
+    assert len(shards) > 1 and sum(s["samples"] for s in shards) == 6
+
+
+def test_no_temporary_or_partial_files_are_left(tmp_path: Path) -> None:
+    src = get_source("synthetic", "", height=16, width=20, counts={"train": 4})
+    _, out = build(src, tmp_path, splits=("train",), max_samples=2)
+    assert not list(out.glob(".*"))
+
+
+def test_changed_raw_data_is_caught_at_sharding(tmp_path: Path) -> None:
+    root = tmp_path / "camvid"
+    for d in ("val", "valannot"):
+        (root / d).mkdir(parents=True)
+    Image.fromarray(np.zeros((4, 5, 3), np.uint8)).save(root / "val" / "a.png")
+    Image.fromarray(np.zeros((4, 5), np.uint8)).save(root / "valannot" / "a.png")
+    src = get_source("camvid", root)
+    prepare(src, ["val"], tmp_path / "prep")
+    Image.fromarray(np.ones((4, 5), np.uint8)).save(root / "valannot" / "a.png")
+    with pytest.raises(ShardError, match=r"val/a .*a\.png.*content changed"):
+        write_shards(src, tmp_path / "prep" / "manifest.parquet", tmp_path / "shards")
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+
+class ArraySource(Source):
+    """A source over in-memory arrays, to inject bad depth."""
+
+    name = "arrays"
+    tasks = ("depth", "seg")
+    classes = ("a", "b")
+    void_id = 255
+
+    def __init__(self, samples: dict[str, dict]) -> None:
+        super().__init__("")
+        self.samples = samples
+
+    def list(self, split: str) -> list[SampleRef]:
+        return [SampleRef(k, split, {"rgb": f"/data/{k}.png", "depth": f"/data/{k}_depth.png"}) for k in self.samples]
+
+    def load(self, ref: SampleRef) -> dict:
+        return {"key": ref.key, **self.samples[ref.key]}
+
+
+def _ok() -> dict:
+    return {
+        "rgb": np.zeros((4, 4, 3), np.uint8),
+        "depth": np.ones((4, 4), np.float32),
+        "seg": np.zeros((4, 4), np.uint8),
+    }
+
+
+@pytest.mark.parametrize(
+    ("patch", "reason"),
+    [
+        ({"depth": np.full((4, 4), np.nan, np.float32)}, r"bad_depth\.png: depth has 16 NaN"),
+        ({"depth": -np.ones((4, 4), np.float32)}, r"bad_depth\.png: depth has 16 negative"),
+        (
+            {"depth": np.ones((3, 4), np.float32)},
+            r"bad_depth\.png: depth size \(3, 4\) does not match rgb size \(4, 4\)",
+        ),
+        (
+            {"seg": np.full((4, 4), 7, np.uint8)},
+            r"bad\.png: label id\(s\) \[7\] outside the class set 0\.\.1 ∪ \{255\}",
+        ),
+    ],
+)
+def test_bad_samples_error_or_rejected_row(tmp_path: Path, patch: dict, reason: str) -> None:
+    samples = {"good": _ok(), "bad": {**_ok(), **patch}}
+    with pytest.raises(PrepareError, match=reason):
+        prepare(ArraySource(samples), ["train"], tmp_path / "a")
+    result = prepare(ArraySource(samples), ["train"], tmp_path / "b", on_bad_sample="skip")
+    assert result.counts == {"train": 1} and result.rejected_counts == {"train": 1}
+    import pyarrow.parquet as pq
+
+    rejected = pq.read_table(result.rejected).to_pylist()
+    assert [r["key"] for r in rejected] == ["bad"]
+    assert pytest.importorskip("re").search(reason, rejected[0]["reason"])
+    assert [r["key"] for r in read_manifest(result.manifest)] == ["good"]
+
+
+def _camvid_fixture(root: Path, label_value: int = 3, size=(4, 5), label_size=(4, 5)) -> None:
+    for d in ("train", "trainannot"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((*size, 3), 9, np.uint8)).save(root / "train" / "x1.png")
+    Image.fromarray(np.full(label_size, label_value, np.uint8)).save(root / "trainannot" / "x1.png")
+    Image.fromarray(np.zeros((*size, 3), np.uint8)).save(root / "train" / "x2.png")
+    Image.fromarray(np.zeros(size, np.uint8)).save(root / "trainannot" / "x2.png")
+
+
+def test_unreadable_image_named(tmp_path: Path) -> None:
+    _camvid_fixture(tmp_path)
+    (tmp_path / "train" / "x1.png").write_bytes(b"not a png")
+    with pytest.raises(PrepareError, match=r"train/x1\.png: unreadable image"):
+        prepare(get_source("camvid", tmp_path), ["train"], tmp_path / "out")
+    result = prepare(get_source("camvid", tmp_path), ["train"], tmp_path / "out", on_bad_sample="skip")
+    assert result.counts["train"] == 1 and result.rejected_counts["train"] == 1
+
+
+def test_missing_label_file_named(tmp_path: Path) -> None:
+    _camvid_fixture(tmp_path)
+    (tmp_path / "trainannot" / "x2.png").unlink()
+    with pytest.raises(PrepareError, match=r"trainannot/x2\.png: file not found"):
+        prepare(get_source("camvid", tmp_path), ["train"], tmp_path / "out")
+
+
+def test_label_out_of_class_set_and_size_mismatch_named(tmp_path: Path) -> None:
+    _camvid_fixture(tmp_path / "a", label_value=12)
+    with pytest.raises(
+        PrepareError, match=r"trainannot/x1\.png: label id\(s\) \[12\] outside the class set 0\.\.10 ∪ \{11\}"
+    ):
+        prepare(get_source("camvid", tmp_path / "a"), ["train"], tmp_path / "out")
+    _camvid_fixture(tmp_path / "b", label_size=(4, 6))
+    with pytest.raises(PrepareError, match=r"trainannot/x1\.png: seg size \(4, 6\) does not match rgb size \(4, 5\)"):
+        prepare(get_source("camvid", tmp_path / "b"), ["train"], tmp_path / "out")
+
+
+# -- readers --------------------------------------------------------------------------------------
+
+
+def test_eval_fails_fast_with_too_few_shards(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = get_source("synthetic", "", height=16, width=20, counts={"val": 6})
+    _, out = build(src, tmp_path, splits=("val",), max_samples=2)  # 3 shards
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=r"3 shard\(s\) but 2 rank\(s\) × 2 loader worker\(s\) = 4 readers"):
+        eval_loader(str(out), "val", batch_size=2, num_workers=2)
+
+
+def test_train_loader_epochs_and_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = get_source("synthetic", "", height=24, width=32, counts={"train": 10})
+    _, out = build(src, tmp_path, splits=("train",), max_samples=3)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    loader = train_loader(
+        str(out), batch_size=2, transform=TrainTransform(crop_size=(16, 16)), num_workers=2, shuffle_buffer=4
+    )
+    for _ in range(2):  # two epochs: ceil(10 / (2 ranks * 2)) = 3 batches each
+        batches = list(loader)
+        assert len(batches) == 3
+        for b in batches:
+            assert b["rgb"].shape == (2, 3, 16, 16) and b["seg"].shape == (2, 16, 16)
+            assert b["depth"].shape == (2, 1, 16, 16) and b["normal"].shape == (2, 3, 16, 16)
+
+
+def test_shards_over_http(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = get_source("synthetic", "", height=16, width=20, counts={"val": 5})
+    _, out = build(src, tmp_path, splits=("val",), max_samples=2)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(out))
+    http.server.SimpleHTTPRequestHandler.log_message = lambda *a, **k: None  # quiet
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        assert load_index(url)["splits"]["val"]["samples"] == 5
+        keys = [k for b in eval_loader(url, "val", batch_size=2) for k in b["key"]]
+        local = [k for b in eval_loader(str(out), "val", batch_size=2) for k in b["key"]]
+        assert keys == local and len(keys) == 5
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,0 +1,161 @@
+"""The shard step: manifest -> ``<split>-NNNNNN.tar`` WebDataset shards + ``shards.json``.
+
+- Samples are shuffled at sharding time with a seed (so a shard holds a mix of the dataset).
+- A shard closes at ``max_samples`` samples or before it would pass ``max_bytes``.
+- Byte-identical output for identical input and params (fixed tar headers, deterministic encoders).
+- Atomic: each tar is written to a temporary name and renamed when complete; ``shards.json`` is written
+  last, so an interrupted run never leaves a tar or an index that looks complete.
+- Every sample is re-read from the source and checked against the manifest's content hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import webdataset as wds
+
+from .codec import encode_sample
+from .manifest import content_hash, read_manifest, ref_of
+from .sources.base import Source
+
+FORMAT_VERSION = 1
+
+
+class ShardError(RuntimeError):
+    """The raw data no longer matches the manifest, or the output cannot be written."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class _ShardSink:
+    """Writes numbered tars of one split, each first under a temporary name."""
+
+    def __init__(self, out_dir: Path, split: str, max_samples: int, max_bytes: int) -> None:
+        self.out_dir, self.split = out_dir, split
+        self.max_samples, self.max_bytes = max_samples, max_bytes
+        self.done: list[dict[str, Any]] = []
+        self._buf: io.BytesIO | None = None
+        self._writer: wds.TarWriter | None = None
+        self._count = self._bytes = 0
+
+    def _open(self) -> None:
+        self._buf = io.BytesIO()
+        # fixed mtime/user/group/mode: identical input gives identical bytes
+        self._writer = wds.TarWriter(
+            self._buf, user="vista", group="vista", mode=0o444, mtime=0, encoder=False, format=tarfile.USTAR_FORMAT
+        )
+        self._count = self._bytes = 0
+
+    def add(self, encoded: dict[str, Any]) -> None:
+        size = sum(len(v) + 1024 for k, v in encoded.items() if k != "__key__")  # payload + tar headers, approx.
+        if self._writer is not None and (self._count >= self.max_samples or self._bytes + size > self.max_bytes):
+            self.close()
+        if self._writer is None:
+            self._open()
+        assert self._writer is not None
+        self._writer.write(encoded)
+        self._count += 1
+        self._bytes += size
+
+    def close(self) -> None:
+        if self._writer is None:
+            return
+        self._writer.close()
+        assert self._buf is not None
+        name = f"{self.split}-{len(self.done):06d}.tar"
+        path = self.out_dir / name
+        _write_atomic(path, self._buf.getvalue())
+        self.done.append({"file": name, "samples": self._count, "bytes": path.stat().st_size, "sha256": _sha256(path)})
+        self._writer = self._buf = None
+
+
+def write_shards(
+    source: Source,
+    manifest: str | Path,
+    out_dir: str | Path,
+    max_samples: int = 64,
+    max_bytes: int = 256 * 2**20,
+    seed: int = 0,
+    rgb_format: str = "png",
+    jpeg_quality: int = 95,
+    progress: Callable[[str, int], Callable[[], None]] | None = None,
+) -> dict[str, Any]:
+    """Write the shards of every split in ``manifest`` and return the ``shards.json`` index.
+
+    Raises:
+        ShardError: a sample's content changed since the prepare step (names the sample and its files).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in [*out.glob("*.tar"), *out.glob(".*.tmp"), out / "shards.json"]:
+        stale.unlink(missing_ok=True)  # this folder is the stage's output: start clean
+    rows = read_manifest(manifest)
+    splits: dict[str, Any] = {}
+    for split in sorted({r["split"] for r in rows}):
+        split_rows = sorted((r for r in rows if r["split"] == split), key=lambda r: r["key"])
+        order = np.random.default_rng([seed, zlib.crc32(split.encode())]).permutation(len(split_rows))
+        sink = _ShardSink(out, split, max_samples, max_bytes)
+        tick = progress(split, len(split_rows)) if progress else (lambda: None)
+        for i in order:
+            row = split_rows[int(i)]
+            sample = source.load(ref_of(row))
+            if content_hash(sample) != row["content_hash"]:
+                raise ShardError(
+                    f"{split}/{row['key']} ({', '.join(row['source'].values()) or 'procedural'}): content changed "
+                    "since the prepare stage; re-run `vista prepare`"
+                )
+            sample.setdefault("meta", {}).update({"split": split, "source": row["source"]})
+            sink.add(encode_sample(sample, rgb_format, jpeg_quality))
+            tick()
+        sink.close()
+        splits[split] = {
+            "samples": sum(s["samples"] for s in sink.done),
+            "bytes": sum(s["bytes"] for s in sink.done),
+            "shards": sink.done,
+        }
+    index = {
+        "format_version": FORMAT_VERSION,
+        "dataset": source.name,
+        "classes": list(source.classes),
+        "void_id": source.void_id,
+        "tasks": list(source.tasks),
+        "params": {
+            "max_samples": max_samples,
+            "max_bytes": max_bytes,
+            "seed": seed,
+            "rgb_format": rgb_format,
+            "jpeg_quality": jpeg_quality,
+        },
+        "splits": splits,
+        "totals": {
+            "samples": sum(s["samples"] for s in splits.values()),
+            "bytes": sum(s["bytes"] for s in splits.values()),
+            "shards": sum(len(s["shards"]) for s in splits.values()),
+        },
+    }
+    _write_atomic(out / "shards.json", (json.dumps(index, indent=2, sort_keys=True) + "\n").encode())
+    return index

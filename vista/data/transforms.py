@@ -1,0 +1,111 @@
+"""Paired transforms: the image and its targets move together.
+
+Rules: RGB resizes bilinearly; depth, labels and normals resize with nearest neighbour, so invalid depth
+(0) never blends into valid depth and labels stay labels; depth values are kept (metric); crops pad RGB
+with 0, depth with 0 (invalid), labels with the ignore index, normals with (0, 0, 0); a horizontal flip
+negates the normal's x component. Colour jitter touches RGB only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .torch_dataset import IMAGENET_MEAN, IMAGENET_STD
+
+TensorSample = dict[str, Tensor]
+
+
+def _resize(s: TensorSample, size: tuple[int, int]) -> TensorSample:
+    out = dict(s)
+    out["rgb"] = F.interpolate(s["rgb"][None], size=size, mode="bilinear", align_corners=False)[0]
+    for k in ("depth", "normal"):
+        if k in s:
+            out[k] = F.interpolate(s[k][None], size=size, mode="nearest-exact")[0]
+    if "seg" in s:
+        out["seg"] = F.interpolate(s["seg"][None, None].float(), size=size, mode="nearest-exact")[0, 0].long()
+    return out
+
+
+def _crop(s: TensorSample, top: int, left: int, size: tuple[int, int], ignore_index: int) -> TensorSample:
+    """Crop (padding first where the crop leaves the image)."""
+    h, w = s["rgb"].shape[-2:]
+    ch, cw = size
+    pad_b, pad_r = max(0, top + ch - h), max(0, left + cw - w)
+    out = {}
+    for k, v in s.items():
+        if pad_b or pad_r:
+            fill = float(ignore_index) if k == "seg" else 0.0
+            v = F.pad(v[None] if k == "seg" else v, (0, pad_r, 0, pad_b), value=fill)
+            v = v[0] if k == "seg" else v
+        out[k] = v[..., top : top + ch, left : left + cw]
+    return out
+
+
+def _hflip(s: TensorSample) -> TensorSample:
+    out = {k: v.flip(-1) for k, v in s.items()}
+    if "normal" in out:
+        out["normal"] = out["normal"].clone()
+        out["normal"][0] = -out["normal"][0]  # mirrored surfaces face the other way in x
+    return out
+
+
+@dataclass
+class TrainTransform:
+    """Random scale, random crop, horizontal flip and colour jitter, on a sample of tensors.
+
+    Args:
+        crop_size: output (H, W); ``None`` keeps the input size.
+        scale_range: the image is resized by a factor drawn uniformly from this range.
+        hflip: flip with probability 0.5.
+        color_jitter: brightness/contrast/saturation factors drawn from ``1 ± color_jitter``.
+        ignore_index: label written into padded pixels.
+        generator: RNG (per worker); ``None`` uses torch's global RNG.
+    """
+
+    crop_size: tuple[int, int] | None = None
+    scale_range: tuple[float, float] = (0.75, 1.5)
+    hflip: bool = True
+    color_jitter: float = 0.2
+    ignore_index: int = 255
+    generator: torch.Generator | None = None
+
+    def _u(self, lo: float, hi: float) -> float:
+        return lo + (hi - lo) * float(torch.rand((), generator=self.generator))
+
+    def __call__(self, s: TensorSample) -> TensorSample:
+        h, w = s["rgb"].shape[-2:]
+        out_size = tuple(self.crop_size) if self.crop_size is not None else (h, w)
+        scale = self._u(*self.scale_range)
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        if size != (h, w):
+            s = _resize(s, size)
+        top = int(torch.randint(0, max(1, size[0] - out_size[0] + 1), (), generator=self.generator))
+        left = int(torch.randint(0, max(1, size[1] - out_size[1] + 1), (), generator=self.generator))
+        s = _crop(s, top, left, out_size, self.ignore_index)
+        if self.hflip and self._u(0, 1) < 0.5:
+            s = _hflip(s)
+        if self.color_jitter > 0:
+            s = dict(s)
+            s["rgb"] = _jitter(s["rgb"], self.color_jitter, self._u)
+        return s
+
+
+def _jitter(rgb: Tensor, amount: float, u: Callable[[float, float], float]) -> Tensor:
+    """Brightness, contrast, saturation on an RGB tensor in [0, 1]."""
+    from torchvision.transforms.v2 import functional as TF
+
+    rgb = TF.adjust_brightness(rgb, u(1 - amount, 1 + amount))
+    rgb = TF.adjust_contrast(rgb, u(1 - amount, 1 + amount))
+    return TF.adjust_saturation(rgb, u(1 - amount, 1 + amount))
+
+
+def normalize_rgb(s: TensorSample) -> TensorSample:
+    """RGB in [0, 1] -> ImageNet-normalised (the model's input)."""
+    out = dict(s)
+    out["rgb"] = (s["rgb"] - IMAGENET_MEAN) / IMAGENET_STD
+    return out

@@ -1,0 +1,161 @@
+"""Readers of the shards: a training stream and an exactly-once evaluation pass.
+
+Shards are read from a local folder or an ``http(s)://`` URL prefix (object storage), given as the folder
+that holds ``shards.json``. Rank and worker come from ``torch.distributed`` (or the ``RANK``/``WORLD_SIZE``
+environment) and the DataLoader worker info, as WebDataset reads them.
+
+- Training: shards resampled with replacement per rank and worker (no rank runs dry, so DDP never waits
+  on a finished rank), a shuffle buffer, paired transforms, fixed-size batches, and ``with_epoch`` on the
+  loader so each rank yields the same number of batches per epoch.
+- Evaluation: shards split by rank, then by worker: every sample exactly once across all of them. Fails
+  fast when there are fewer shards than ranks × workers (some would get nothing and stall collectives).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import urllib.request
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import webdataset as wds
+from torch.utils.data import default_collate
+
+from .codec import decode_sample
+from .torch_dataset import to_tensors
+from .transforms import TrainTransform, normalize_rgb
+
+TensorSample = dict[str, Any]
+
+
+def _is_url(location: str) -> bool:
+    return location.startswith(("http://", "https://"))
+
+
+def load_index(location: str) -> dict[str, Any]:
+    """``shards.json`` of a local folder or URL prefix."""
+    location = str(location).rstrip("/")
+    where = f"{location}/shards.json"
+    try:
+        if _is_url(location):
+            with urllib.request.urlopen(where, timeout=30) as r:  # noqa: S310 (http(s) only)
+                return json.loads(r.read())
+        with open(where) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{where}: shard index not found (run the shard stage first: `vista shard`)") from None
+    except OSError as err:
+        raise OSError(f"{where}: cannot read the shard index ({err})") from None
+
+
+def shard_urls(location: str, split: str, index: dict[str, Any] | None = None) -> list[str]:
+    """The shard files (paths or URLs) of ``split``."""
+    index = index or load_index(location)
+    if split not in index["splits"]:
+        raise ValueError(f"{location}: no split {split!r} in shards.json (have {sorted(index['splits'])})")
+    base = str(location).rstrip("/")
+    return [f"{base}/{s['file']}" for s in index["splits"][split]["shards"]]
+
+
+def distributed_info() -> tuple[int, int]:
+    """(rank, world size), as WebDataset sees them."""
+    rank, world, _, _ = wds.utils.pytorch_worker_info()
+    return rank, world
+
+
+def check_shard_count(n_shards: int, world_size: int, num_workers: int, split: str, location: str) -> None:
+    """Every rank × worker must get at least one shard, or evaluation hangs or drops samples."""
+    readers = world_size * max(1, num_workers)
+    if n_shards < readers:
+        raise ValueError(
+            f"{location}: split {split!r} has {n_shards} shard(s) but {world_size} rank(s) × {max(1, num_workers)} "
+            f"loader worker(s) = {readers} readers; every reader needs a shard. Re-shard with a smaller "
+            f"shard.max_samples, or use fewer loader workers."
+        )
+
+
+def _collate(samples: list[TensorSample]) -> TensorSample:
+    return default_collate(samples)
+
+
+def _strip(sample: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in sample.items() if k != "meta"}
+
+
+def _train_map(transform: TrainTransform) -> Callable[[dict[str, Any]], TensorSample]:
+    def fn(raw: dict[str, Any]) -> TensorSample:
+        s = decode_sample(raw)
+        t = normalize_rgb(transform(to_tensors(s, normalize=False)))
+        return {"key": s["key"], **t}
+
+    return fn
+
+
+def _eval_map(raw: dict[str, Any]) -> TensorSample:
+    s = decode_sample(raw)
+    return {"key": s["key"], **to_tensors(_strip(s))}
+
+
+def train_loader(
+    location: str,
+    batch_size: int,
+    transform: TrainTransform | None = None,
+    split: str = "train",
+    num_workers: int = 0,
+    shuffle_buffer: int = 256,
+    seed: int = 0,
+    samples_per_epoch: int | None = None,
+) -> wds.WebLoader:
+    """An endless, resampled training stream cut into epochs of equal length on every rank.
+
+    Args:
+        location: folder or URL prefix holding ``shards.json``.
+        samples_per_epoch: total over all ranks; default = the split's sample count.
+
+    Returns:
+        A loader yielding batches ``{"key": [...], "rgb": (B, 3, H, W), "depth"?, "seg"?, "normal"?}``;
+        each epoch has ``ceil(samples_per_epoch / (world_size · batch_size))`` batches per rank.
+    """
+    index = load_index(location)
+    urls = shard_urls(location, split, index)
+    _, world = distributed_info()
+    total = samples_per_epoch or index["splits"][split]["samples"]
+    transform = transform or TrainTransform()
+    pipeline = wds.DataPipeline(
+        wds.ResampledShards(urls, seed=seed, deterministic=True),
+        wds.tarfile_to_samples(),
+        wds.shuffle(shuffle_buffer) if shuffle_buffer > 1 else wds.filters.identity,
+        wds.map(_train_map(transform)),
+        wds.batched(batch_size, collation_fn=_collate, partial=False),
+    )
+    loader = wds.WebLoader(pipeline, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0)
+    return loader.with_epoch(math.ceil(total / (world * batch_size)))
+
+
+def eval_loader(location: str, split: str, batch_size: int, num_workers: int = 0) -> wds.WebLoader:
+    """One pass over ``split``: every sample exactly once across all ranks and workers.
+
+    Raises:
+        ValueError: fewer shards than ranks × workers.
+    """
+    urls = shard_urls(location, split)
+    _, world = distributed_info()
+    check_shard_count(len(urls), world, num_workers, split, location)
+    pipeline = wds.DataPipeline(
+        wds.SimpleShardList(urls),
+        wds.split_by_node,
+        wds.split_by_worker,
+        wds.tarfile_to_samples(),
+        wds.map(_eval_map),
+        wds.batched(batch_size, collation_fn=_collate, partial=True),
+    )
+    return wds.WebLoader(pipeline, batch_size=None, num_workers=num_workers)
+
+
+def iter_samples(location: str, split: str) -> Iterator[dict[str, Any]]:
+    """Decoded numpy samples of ``split`` in shard order (single process; for checks and tools)."""
+    pipeline = wds.DataPipeline(
+        wds.SimpleShardList(shard_urls(location, split)), wds.tarfile_to_samples(), wds.map(decode_sample)
+    )
+    yield from pipeline
