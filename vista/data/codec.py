@@ -62,7 +62,7 @@ def _image(data: bytes, mode: str | None = None) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as im:
         if mode is not None:
             im = im.convert(mode)
-        return np.asarray(im)
+        return np.array(im)  # writable copy (torch.from_numpy needs one)
 
 
 def decode_sample(raw: dict[str, Any]) -> dict[str, Any]:

@@ -22,9 +22,10 @@ VAL_OFFSET = 1_000_000  # validation indices never overlap training ones
 def to_tensors(sample: dict[str, Any], normalize: bool = True) -> dict[str, torch.Tensor]:
     """Numpy sample (HWC uint8 rgb, metric depth, class ids, normals) -> model tensors.
 
-    ``normalize=False`` keeps RGB in [0, 1] (for transforms that expect it)."""
-    rgb = torch.from_numpy(np.ascontiguousarray(sample["rgb"])).permute(2, 0, 1).float() / 255.0
-    out = {"rgb": (rgb - IMAGENET_MEAN) / IMAGENET_STD if normalize else rgb}
+    ``normalize=False`` keeps RGB as uint8 (3, H, W): paired transforms run faster on it (see
+    :func:`vista.data.transforms.normalize_rgb` for the final step)."""
+    rgb8 = torch.from_numpy(np.ascontiguousarray(sample["rgb"])).permute(2, 0, 1)
+    out = {"rgb": (rgb8.float() / 255.0 - IMAGENET_MEAN) / IMAGENET_STD if normalize else rgb8.contiguous()}
     if "depth" in sample:
         depth = torch.from_numpy(np.asarray(sample["depth"], dtype=np.float32))
         out["depth"] = torch.where(torch.isfinite(depth), depth, torch.zeros_like(depth))[None]

@@ -23,11 +23,14 @@ TensorSample = dict[str, Tensor]
 def _resize(s: TensorSample, size: tuple[int, int]) -> TensorSample:
     out = dict(s)
     out["rgb"] = F.interpolate(s["rgb"][None], size=size, mode="bilinear", align_corners=False)[0]
-    for k in ("depth", "normal"):
-        if k in s:
-            out[k] = F.interpolate(s[k][None], size=size, mode="nearest-exact")[0]
-    if "seg" in s:
-        out["seg"] = F.interpolate(s["seg"][None, None].float(), size=size, mode="nearest-exact")[0, 0].long()
+    # every target in one nearest-neighbour pass: (depth | normal | seg) stacked along channels
+    names = [k for k in ("depth", "normal", "seg") if k in s]
+    if names:
+        parts = [s[k][None].float() if k == "seg" else s[k] for k in names]
+        stacked = F.interpolate(torch.cat(parts)[None], size=size, mode="nearest-exact")[0]
+        chunks = stacked.split([p.shape[0] for p in parts])
+        for k, c in zip(names, chunks, strict=True):
+            out[k] = c[0].long() if k == "seg" else c
     return out
 
 
@@ -56,7 +59,8 @@ def _hflip(s: TensorSample) -> TensorSample:
 
 @dataclass
 class TrainTransform:
-    """Random scale, random crop, horizontal flip and colour jitter, on a sample of tensors.
+    """Random scale, random crop, horizontal flip and colour jitter, on a sample of tensors
+    (RGB as uint8 (3, H, W), the fast path, or float in [0, 1]); returns RGB as float in [0, 1].
 
     Args:
         crop_size: output (H, W); ``None`` keeps the input size.
@@ -89,14 +93,16 @@ class TrainTransform:
         s = _crop(s, top, left, out_size, self.ignore_index)
         if self.hflip and self._u(0, 1) < 0.5:
             s = _hflip(s)
+        s = dict(s)
+        if s["rgb"].dtype == torch.uint8:
+            s["rgb"] = s["rgb"].float() / 255.0  # geometry ran on uint8 (fast); colour runs on float (fast)
         if self.color_jitter > 0:
-            s = dict(s)
             s["rgb"] = _jitter(s["rgb"], self.color_jitter, self._u)
         return s
 
 
 def _jitter(rgb: Tensor, amount: float, u: Callable[[float, float], float]) -> Tensor:
-    """Brightness, contrast, saturation on an RGB tensor in [0, 1]."""
+    """Brightness, contrast, saturation on an RGB tensor (uint8, or float in [0, 1])."""
     from torchvision.transforms.v2 import functional as TF
 
     rgb = TF.adjust_brightness(rgb, u(1 - amount, 1 + amount))
@@ -105,7 +111,8 @@ def _jitter(rgb: Tensor, amount: float, u: Callable[[float, float], float]) -> T
 
 
 def normalize_rgb(s: TensorSample) -> TensorSample:
-    """RGB in [0, 1] -> ImageNet-normalised (the model's input)."""
+    """RGB uint8 (or float in [0, 1]) -> ImageNet-normalised float (the model's input)."""
     out = dict(s)
-    out["rgb"] = (s["rgb"] - IMAGENET_MEAN) / IMAGENET_STD
+    rgb = s["rgb"].float() / 255.0 if s["rgb"].dtype == torch.uint8 else s["rgb"]
+    out["rgb"] = (rgb - IMAGENET_MEAN) / IMAGENET_STD
     return out
