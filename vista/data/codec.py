@@ -66,7 +66,7 @@ def _image(data: bytes, mode: str | None = None) -> np.ndarray:
 
 
 def decode_sample(raw: dict[str, Any]) -> dict[str, Any]:
-    """Shard members (bytes) -> ``{"key", "rgb" uint8 H×W×3, "depth"? float32 metres, "seg"? int64,
+    """Shard members (bytes) -> ``{"key", "rgb" uint8 H×W×3, "depth"? float32 metres, "seg"? uint8/uint16,
     "normal"? float32, "meta"}``. Handles 16-bit PNGs itself (generic image decoders turn them into 8 bit)."""
     out: dict[str, Any] = {"key": raw["__key__"]}
     if "rgb.png" in raw or "rgb.jpg" in raw:
@@ -78,7 +78,7 @@ def decode_sample(raw: dict[str, Any]) -> dict[str, Any]:
     elif "depth.npy" in raw:
         out["depth"] = np.load(io.BytesIO(raw["depth.npy"]), allow_pickle=False)
     if "seg.png" in raw:
-        out["seg"] = _image(raw["seg.png"]).astype(np.int64)
+        out["seg"] = _image(raw["seg.png"])  # uint8 (or uint16): compact until the loss takes .long()
     if "normal.npy" in raw:
         out["normal"] = np.load(io.BytesIO(raw["normal.npy"]), allow_pickle=False).astype(np.float32)
     out["meta"] = json.loads(raw["meta.json"]) if "meta.json" in raw else {}

@@ -1,7 +1,7 @@
 """In-memory map-style datasets over sample sources, producing the model's batch format.
 
 Batch format: ``rgb`` float (3, H, W) normalised with ImageNet statistics, ``depth`` float (1, H, W)
-in metres (0 = invalid), ``seg`` long (H, W), ``normal`` float (3, H, W).
+in metres (0 = invalid), ``seg`` uint8 or int64 class ids (H, W), ``normal`` float (3, H, W).
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ def to_tensors(sample: dict[str, Any], normalize: bool = True) -> dict[str, torc
         depth = torch.from_numpy(np.asarray(sample["depth"], dtype=np.float32))
         out["depth"] = torch.where(torch.isfinite(depth), depth, torch.zeros_like(depth))[None]
     if "seg" in sample:
-        out["seg"] = torch.from_numpy(np.asarray(sample["seg"]).astype(np.int64))
+        seg = np.asarray(sample["seg"])
+        # uint8 ids stay uint8 (4x less to move between loader processes); losses and metrics take .long()
+        out["seg"] = torch.from_numpy(seg if seg.dtype == np.uint8 else seg.astype(np.int64))
     if "normal" in sample:
         out["normal"] = torch.from_numpy(np.asarray(sample["normal"], dtype=np.float32)).permute(2, 0, 1)
     return out

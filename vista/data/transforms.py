@@ -30,7 +30,7 @@ def _resize(s: TensorSample, size: tuple[int, int]) -> TensorSample:
         stacked = F.interpolate(torch.cat(parts)[None], size=size, mode="nearest-exact")[0]
         chunks = stacked.split([p.shape[0] for p in parts])
         for k, c in zip(names, chunks, strict=True):
-            out[k] = c[0].long() if k == "seg" else c
+            out[k] = c[0].to(s["seg"].dtype) if k == "seg" else c
     return out
 
 
@@ -40,6 +40,8 @@ def _crop(s: TensorSample, top: int, left: int, size: tuple[int, int], ignore_in
     ch, cw = size
     pad_b, pad_r = max(0, top + ch - h), max(0, left + cw - w)
     out = {}
+    if (pad_b or pad_r) and "seg" in s and s["seg"].dtype == torch.uint8 and ignore_index > 255:
+        s = {**s, "seg": s["seg"].int()}
     for k, v in s.items():
         if pad_b or pad_r:
             fill = float(ignore_index) if k == "seg" else 0.0
@@ -86,11 +88,20 @@ class TrainTransform:
         out_size = tuple(self.crop_size) if self.crop_size is not None else (h, w)
         scale = self._u(*self.scale_range)
         size = (max(1, round(h * scale)), max(1, round(w * scale)))
-        if size != (h, w):
-            s = _resize(s, size)
         top = int(torch.randint(0, max(1, size[0] - out_size[0] + 1), (), generator=self.generator))
         left = int(torch.randint(0, max(1, size[1] - out_size[1] + 1), (), generator=self.generator))
-        s = _crop(s, top, left, out_size, self.ignore_index)
+        if size[0] >= out_size[0] and size[1] >= out_size[1]:
+            # crop the source window that the output covers, then resize only that: work ∝ output size
+            sy, sx = min(h - 1, int(top / scale)), min(w - 1, int(left / scale))
+            sh = max(1, min(h - sy, round(out_size[0] / scale)))
+            sw = max(1, min(w - sx, round(out_size[1] / scale)))
+            s = _crop(s, sy, sx, (sh, sw), self.ignore_index)
+            if (sh, sw) != out_size:
+                s = _resize(s, out_size)
+        else:  # the scaled image is smaller than the crop: resize all of it, then pad
+            if size != (h, w):
+                s = _resize(s, size)
+            s = _crop(s, top, left, out_size, self.ignore_index)
         if self.hflip and self._u(0, 1) < 0.5:
             s = _hflip(s)
         s = dict(s)
