@@ -38,34 +38,32 @@ def train(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, profile:
     train_stage.run(p, console)
 
 
+def _stage(module: str, params: Path, overrides: list[str] | None, profile: str | None) -> None:
+    """Run ``pipelines.<module>.run``; expected failures (bad data, missing inputs) exit 1 with the message."""
+    import importlib
+
+    from vista.data.manifest import PrepareError
+    from vista.data.shards import ShardError
+
+    p = _load(params, overrides, profile)
+    stage = importlib.import_module(f"{__package__}.{module}")
+    try:
+        stage.run(p, console)
+    except (PrepareError, ShardError, FileNotFoundError, ValueError) as err:
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(1) from None
+
+
 @app.command()
 def prepare(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, profile: ProfileOpt = None) -> None:
     """Validate the raw dataset into data/prepared/<dataset>/manifest.parquet."""
-    from vista.data.manifest import PrepareError
-
-    from . import prepare as stage
-
-    p = _load(params, set_, profile)
-    try:
-        stage.run(p, console)
-    except (PrepareError, FileNotFoundError, ValueError) as err:
-        console.print(f"[red]error:[/] {err}")
-        raise typer.Exit(1) from None
+    _stage("prepare", params, set_, profile)
 
 
 @app.command()
 def shard(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, profile: ProfileOpt = None) -> None:
     """Pack the manifest's samples into WebDataset shards under data/shards/<dataset>/."""
-    from vista.data.shards import ShardError
-
-    from . import shard as stage
-
-    p = _load(params, set_, profile)
-    try:
-        stage.run(p, console)
-    except (ShardError, FileNotFoundError, ValueError) as err:
-        console.print(f"[red]error:[/] {err}")
-        raise typer.Exit(1) from None
+    _stage("shard", params, set_, profile)
 
 
 @app.command()
