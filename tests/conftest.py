@@ -15,7 +15,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+# the project's shared data folder: ../shared beside the repo, or $VISTA_SHARED (e.g. a copy on a GPU box)
+SHARED = Path(os.environ.get("VISTA_SHARED") or ROOT.parent / "shared")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

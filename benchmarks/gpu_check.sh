@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The prepared GPU check (one device run, ~3-5 min): CUDA model/attention tests (official test vectors,
+# bf16 autocast) and the attention benchmark on CUDA. Needs only torch, timm and pytest.
+# The official test vectors are read from $VISTA_SHARED, else ./shared (a copy of ../shared/data/vista_official
+# under ./shared/data/, git-ignored, for machines where ../shared is absent), else ../shared.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-/tmp/vista_gpu}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+if [ -z "${VISTA_SHARED:-}" ] && [ -d shared/data/vista_official ]; then export VISTA_SHARED=$PWD/shared; fi
+python -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')" | tee "$out/env.txt"
+python -m pytest tests/models -q -p no:cacheprovider -o addopts="" -rs 2>&1 | tee "$out/model_tests.txt"
+python benchmarks/attention.py --device cuda --iters 10 2>&1 | tee "$out/attention_cuda.txt"
+python benchmarks/attention.py --device cuda --iters 10 --batch 8 --image 480 2>&1 | tee "$out/attention_cuda_b8_480.txt"
