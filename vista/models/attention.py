@@ -250,12 +250,9 @@ class _MessageEvidence(torch.autograd.Function):
         g_s_total = torch.addcmul(g_s, g_phi, f_r)  # S enters Φ through f_r ⊙ S
         shifts_e = _shifts(f_e, dilation, ks)
         shifts_r = shifts_e if same else _shifts(f_r, dilation, ks)
-        # channel reductions Σ_c g ⊙ shift_j(x): both sender kernels in one product per tap
-        g_both = torch.stack((g_s_total, g_phi), 1)  # (B, 2, C, h, w)
-        g_we = torch.stack([(g_both * xe.unsqueeze(1)).sum(2) for xe in shifts_e], 2)  # (B, 2, k², h, w)
-        g_w, g_ke = g_we[:, 0], g_we[:, 1]
-        g_kr = torch.stack([(g_phi * xr).sum(1) for xr in shifts_r], 1)  # (B, k², h, w)
-        del g_both
+        g_w = torch.stack([(g_s_total * xe).sum(1) for xe in shifts_e], 1)  # (B, k², h, w)
+        g_ke = torch.stack([(g_phi * xe).sum(1) for xe in shifts_e], 1)
+        g_kr = torch.stack([(g_phi * xr).sum(1) for xr in shifts_r], 1)
         h, wd = s.shape[-2:]
         p = dilation * (ks - 1) // 2
         g_e_pad = s.new_zeros(s.shape[0], s.shape[1], h + 2 * p, wd + 2 * p)
