@@ -23,6 +23,7 @@ def run(params: Params, console: Console | None = None) -> dict[str, Any]:
             shards_dir(d),
             max_samples=s.max_samples,
             max_bytes=s.max_bytes,
+            min_shards=s.min_shards,
             seed=s.seed,
             rgb_format=s.rgb_format,
             jpeg_quality=s.jpeg_quality,

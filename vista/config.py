@@ -91,6 +91,7 @@ class ShardParams(_Strict):
 
     max_samples: int = Field(64, ge=1)  # per shard
     max_bytes: int = Field(256 * 2**20, ge=1024)  # per shard (a shard holds at least one sample)
+    min_shards: int = Field(8, ge=1)  # per split (capped by its sample count): readers = ranks × workers
     seed: int = 0  # sharding-time shuffle
     rgb_format: Literal["png", "jpg"] = "png"
     jpeg_quality: int = Field(95, ge=1, le=100)

@@ -30,7 +30,7 @@ def test_prepare_then_shard_synthetic(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     assert "train: 8 samples, 0 rejected" in r.output
     assert (tmp_path / "prepared" / "synthetic" / "manifest.parquet").is_file()
-    r = runner.invoke(app, ["shard", *args(tmp_path, "--set", "shard.max_samples=3")])
+    r = runner.invoke(app, ["shard", *args(tmp_path, "--set", "shard.max_samples=3", "--set", "shard.min_shards=1")])
     assert r.exit_code == 0, r.output
     index = json.loads((tmp_path / "shards" / "synthetic" / "shards.json").read_text())
     assert index["splits"]["train"]["samples"] == 8 and len(index["splits"]["train"]["shards"]) == 3

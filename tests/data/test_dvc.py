@@ -29,6 +29,7 @@ def test_dvc_repro_reruns_only_what_changed(tmp_path: Path) -> None:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"].update({"image_size": [24, 32], "num_train": 6, "num_val": 3})
     params["shard"]["max_samples"] = 4
+    params["shard"]["min_shards"] = 1
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1"}

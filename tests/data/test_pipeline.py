@@ -28,7 +28,7 @@ def build(source: Source, tmp: Path, splits=("train", "val"), **shard_kw) -> tup
     prepared = tmp / "prepared"
     prepare(source, splits, prepared)
     out = tmp / "shards"
-    write_shards(source, prepared / "manifest.parquet", out, **shard_kw)
+    write_shards(source, prepared / "manifest.parquet", out, **{"min_shards": 1, **shard_kw})
     return prepared / "manifest.parquet", out
 
 
@@ -112,6 +112,14 @@ def test_byte_bound_closes_shards(tmp_path: Path) -> None:
     _, out = build(src, tmp_path, splits=("train",), max_samples=100, max_bytes=8000)
     shards = load_index(str(out))["splits"]["train"]["shards"]
     assert len(shards) > 1 and sum(s["samples"] for s in shards) == 6
+
+
+def test_min_shards_spreads_small_splits(tmp_path: Path) -> None:
+    src = get_source("synthetic", "", height=16, width=20, counts={"train": 10, "val": 2})
+    _, out = build(src, tmp_path, max_samples=64, min_shards=4)
+    index = load_index(str(out))
+    assert [s["samples"] for s in index["splits"]["train"]["shards"]] == [3, 3, 3, 1]
+    assert [s["samples"] for s in index["splits"]["val"]["shards"]] == [1, 1]  # capped by the sample count
 
 
 def test_no_temporary_or_partial_files_are_left(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import tarfile
 import zlib
@@ -99,12 +100,16 @@ def write_shards(
     out_dir: str | Path,
     max_samples: int = 64,
     max_bytes: int = 256 * 2**20,
+    min_shards: int = 8,
     seed: int = 0,
     rgb_format: str = "png",
     jpeg_quality: int = 95,
     progress: Callable[[str, int], Callable[[], None]] | None = None,
 ) -> dict[str, Any]:
     """Write the shards of every split in ``manifest`` and return the ``shards.json`` index.
+
+    Each split gets at least ``min(min_shards, samples)`` shards (so that evaluation can give every
+    rank × loader worker a shard), each of at most ``max_samples`` samples and ``max_bytes`` bytes.
 
     Raises:
         ShardError: a sample's content changed since the prepare step (names the sample and its files).
@@ -118,7 +123,8 @@ def write_shards(
     for split in sorted({r["split"] for r in rows}):
         split_rows = sorted((r for r in rows if r["split"] == split), key=lambda r: r["key"])
         order = np.random.default_rng([seed, zlib.crc32(split.encode())]).permutation(len(split_rows))
-        sink = _ShardSink(out, split, max_samples, max_bytes)
+        per_shard = min(max_samples, math.ceil(len(split_rows) / max(1, min(min_shards, len(split_rows)))))
+        sink = _ShardSink(out, split, per_shard, max_bytes)
         tick = progress(split, len(split_rows)) if progress else (lambda: None)
         for i in order:
             row = split_rows[int(i)]
