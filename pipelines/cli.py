@@ -81,7 +81,7 @@ def datasets(name: Annotated[str | None, typer.Argument(help="dataset name")] = 
         console.print(f"[red]error:[/] unknown dataset {name!r}; choose one of {sorted(SOURCE_MODULES)}")
         raise typer.Exit(2)
     module = importlib.import_module(f"vista.data.sources.{SOURCE_MODULES[name]}")
-    console.print(module.__doc__.strip())
+    console.print((module.__doc__ or "").strip())
     console.print()
     console.print(module.DOWNLOAD)
 

@@ -11,7 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -25,6 +27,7 @@ from vista.engine import build_optimizer, evaluate, poly_schedule, train_one_epo
 from vista.losses import MultiTaskLoss
 from vista.metrics import TaskMetrics
 from vista.models import create_model
+from vista.visualize import colorize_depth, colorize_normals, colorize_seg, denormalize, panel
 
 
 def build_model(params: Params) -> torch.nn.Module:
@@ -59,6 +62,30 @@ def build_loaders(params: Params) -> tuple[DataLoader, DataLoader]:
     if len(train) == 0:
         raise ValueError(f"data.num_train={d.num_train} < train.batch_size={t.batch_size}: no full batch to train on")
     return train, val
+
+
+@torch.no_grad()
+def save_samples(model: torch.nn.Module, loader: DataLoader, params: Params, device: torch.device, path: Path) -> None:
+    """One row per val image: input, then prediction and ground truth of each task."""
+    model.eval()
+    batch = next(iter(loader))
+    pred = model(batch["rgb"][:4].to(device))
+    m = params.model
+    rows = []
+    for i in range(pred[m.tasks[0]].shape[0]):
+        image = denormalize(batch["rgb"][i])
+        row = [image]
+        if "depth" in pred:
+            row += [colorize_depth(pred["depth"][i], m.max_depth), colorize_depth(batch["depth"][i], m.max_depth)]
+        if "seg" in pred:
+            row += [
+                colorize_seg(pred["seg"][i], m.num_classes, image),
+                colorize_seg(batch["seg"][i], m.num_classes, image),
+            ]
+        if "normal" in pred:
+            row += [colorize_normals(pred["normal"][i]), colorize_normals(batch["normal"][i])]
+        rows.append(panel(row))
+    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
 
 
 def run(params: Params, console: Console | None = None) -> dict[str, Any]:
@@ -119,10 +146,11 @@ def run(params: Params, console: Console | None = None) -> dict[str, Any]:
         "wall_s": time.perf_counter() - start,
     }
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    save_samples(model, val_loader, params, device, out / "samples.png")
 
     table = Table("metric", "at init", "after training", title=f"val metrics ({result['wall_s']:.0f} s)")
     for k, v in initial.items():
         table.add_row(k, f"{v:.4f}", f"{result['final'][k]:.4f}")
     console.print(table)
-    console.print(f"checkpoint: {out / 'last.pt'}  metrics: {out / 'metrics.json'}")
+    console.print(f"checkpoint: {out / 'last.pt'}  metrics: {out / 'metrics.json'}  predictions: {out / 'samples.png'}")
     return result

@@ -20,6 +20,10 @@ def test_train_smoke_writes_checkpoint_and_metrics(tmp_path: Path) -> None:
     )
     assert r.exit_code == 0, r.output
     assert (out / "last.pt").is_file()
+    from PIL import Image
+
+    with Image.open(out / "samples.png") as im:  # 4 val images x (input + 3 tasks x pred/gt) tiles of 64x64
+        assert im.size == (7 * 64, 4 * 64)
     result = json.loads((out / "metrics.json").read_text())
     assert {"val/seg/miou", "val/depth/abs_rel", "val/normal/mean"} <= set(result["final"])
     assert "at init" in r.output
