@@ -30,12 +30,9 @@ def _load(params: Path, overrides: list[str] | None, profile: str | None):  # no
 
 @app.command()
 def train(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, profile: ProfileOpt = None) -> None:
-    """Train the configured model and report val metrics before and after."""
-    from . import train as train_stage
-
-    p = _load(params, set_, profile)
+    """Train on the shards with Ray Train; writes models/best.pt, model_card.json, samples.png."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    train_stage.run(p, console)
+    _stage("train", params, set_, profile)
 
 
 def _stage(module: str, params: Path, overrides: list[str] | None, profile: str | None) -> None:
@@ -49,7 +46,7 @@ def _stage(module: str, params: Path, overrides: list[str] | None, profile: str 
     stage = importlib.import_module(f"{__package__}.{module}")
     try:
         stage.run(p, console)
-    except (PrepareError, ShardError, FileNotFoundError, ValueError) as err:
+    except (PrepareError, ShardError, FileNotFoundError, ValueError, RuntimeError) as err:
         console.print(f"[red]error:[/] {err}")
         raise typer.Exit(1) from None
 

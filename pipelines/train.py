@@ -1,13 +1,23 @@
-"""`vista train`: train a model in this process on the configured data and report val metrics.
+"""Stage `train`: Ray Train (Train V2 ``TorchTrainer``) over the shards, with the plain-PyTorch engine.
 
-Evaluates before and after training so the gain is visible; writes ``<out_dir>/last.pt`` and
-``<out_dir>/metrics.json``. (Distributed training through Ray Train builds on the same engine.)
+- One worker per DDP rank (gloo on CPU, NCCL on GPU), from ``params.train`` (workers, use_gpu,
+  resources_per_worker). Each worker re-validates the params, reads the shards with ``vista.data.webdata``
+  and runs ``vista.engine``; Ray adds only workers, devices, reports and checkpoints.
+- Every epoch: ``ray.train.report`` with metrics keyed ``split/task/metric`` and a checkpoint from rank 0.
+  Epoch 0 is the evaluation at initialisation.
+- Resume: worker failures restart from the last checkpoint (``FailureConfig(max_failures)``); re-running
+  with the same settings resumes the same run (its name derives from the settings, not the clock).
+- The best checkpoint (``train.best_metric``/``best_mode``) is copied to ``models/best.pt`` with
+  ``models/model_card.json`` and a panel of val predictions ``models/samples.png``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import time
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,19 +25,18 @@ import numpy as np
 import torch
 from PIL import Image
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from torch.utils.data import DataLoader
 
-from vista.checkpoint import save_checkpoint
-from vista.config import Params
-from vista.data.sources.synthetic import SyntheticConfig
-from vista.data.torch_dataset import SyntheticDataset
+from vista.checkpoint import load_checkpoint, save_checkpoint
+from vista.config import Params, validate_params
+from vista.data import shards_dir
 from vista.engine import build_optimizer, evaluate, poly_schedule, train_one_epoch
 from vista.losses import MultiTaskLoss
 from vista.metrics import TaskMetrics
 from vista.models import create_model
 from vista.visualize import colorize_depth, colorize_normals, colorize_seg, denormalize, panel
+
+CHECKPOINT_FILE = "model.pt"
 
 
 def build_model(params: Params) -> torch.nn.Module:
@@ -46,33 +55,170 @@ def build_model(params: Params) -> torch.nn.Module:
     )
 
 
-def build_loaders(params: Params) -> tuple[DataLoader, DataLoader]:
-    d, t = params.data, params.train
-    cfg = SyntheticConfig(height=d.image_size[0], width=d.image_size[1], seed=d.seed)
-    gen = torch.Generator().manual_seed(t.seed)
-    train = DataLoader(
-        SyntheticDataset(cfg, d.num_train, "train"),
-        t.batch_size,
-        shuffle=True,
-        drop_last=True,
-        num_workers=t.num_workers,
-        generator=gen,
+def run_name(params: Params) -> str:
+    """``<model>_<dataset>_<hash>``: the same settings give the same name, so a re-run resumes its run.
+
+    Settings that do not change what a finished epoch means (epochs, failures, storage) are left out, so
+    raising ``train.epochs`` continues a finished run.
+    """
+    if params.train.run_name:
+        return params.train.run_name
+    tree = params.model_dump(mode="json", exclude={"profiles"})
+    for key in ("epochs", "max_failures", "storage_path", "run_name", "models_dir"):
+        tree["train"].pop(key, None)
+    digest = hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{params.model.name}_{params.data.dataset}_{digest}"
+
+
+def data_version(shards: Path) -> str:
+    """sha256 of ``shards.json``: names exactly the data a model saw."""
+    return hashlib.sha256((shards / "shards.json").read_bytes()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------------
+# Worker
+# --------------------------------------------------------------------------------------------------
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Runs in every Ray Train worker (one DDP rank)."""
+    import ray.train
+    import ray.train.torch
+
+    from vista.data.transforms import TrainTransform
+    from vista.data.webdata import eval_loader, load_index, train_loader
+
+    params = validate_params(config["params"])
+    shards = config["shards"]
+    t, ld = params.train, params.loader
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(t.seed)  # identical init on every rank (DDP also broadcasts rank 0's weights)
+
+    model = ray.train.torch.prepare_model(build_model(params))
+    index = load_index(shards)
+    steps = -(-index["splits"]["train"]["samples"] // (world * t.batch_size))
+    opt = build_optimizer(model, t.optimizer, t.lr, t.lr_mult, t.weight_decay, t.momentum, t.eps)
+    sched = poly_schedule(opt, t.epochs * steps, t.poly_power, t.min_lr_ratio)
+    loss_fn = MultiTaskLoss(dict(t.loss_weights), params.data.ignore_index, t.aux_weight, t.normal_loss)
+    metrics = TaskMetrics(
+        params.model.tasks, params.model.num_classes, params.data.ignore_index, params.model.max_depth
     )
-    val = DataLoader(SyntheticDataset(cfg, d.num_val, "val"), t.batch_size, num_workers=t.num_workers)
-    if len(train) == 0:
-        raise ValueError(f"data.num_train={d.num_train} < train.batch_size={t.batch_size}: no full batch to train on")
-    return train, val
+    transform = TrainTransform(
+        crop_size=ld.crop_size,
+        scale_range=ld.scale_range,
+        hflip=ld.hflip,
+        color_jitter=ld.color_jitter,
+        ignore_index=params.data.ignore_index,
+    )
+    train_data = train_loader(
+        shards, t.batch_size, transform, num_workers=ld.num_workers, shuffle_buffer=ld.shuffle_buffer, seed=t.seed
+    )
+    val_data = eval_loader(shards, "val", t.batch_size, num_workers=ld.num_workers)
+
+    history: list[dict[str, Any]] = []
+    start = 1
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = load_checkpoint(Path(d) / CHECKPOINT_FILE, model, opt, sched, map_location=device)
+        start, history = state["epoch"] + 1, list(state["history"])
+    else:
+        init = evaluate(model, val_data, metrics, device, amp=t.amp, channels_last=t.channels_last)
+        history.append({"epoch": 0, **init})
+        ray.train.report({"epoch": 0, **init})
+
+    for epoch in range(start, t.epochs + 1):
+        losses = train_one_epoch(
+            model, train_data, opt, loss_fn, device, sched, amp=t.amp, channels_last=t.channels_last
+        )
+        val = evaluate(model, val_data, metrics, device, amp=t.amp, channels_last=t.channels_last)
+        row = {"epoch": epoch, **{f"train/{k}": v for k, v in losses.items()}, **val}
+        history.append(row)
+        with tempfile.TemporaryDirectory() as d:
+            ckpt = None
+            if rank == 0:
+                save_checkpoint(
+                    Path(d) / CHECKPOINT_FILE,
+                    model,
+                    opt,
+                    sched,
+                    epoch=epoch,
+                    params=config["params"],
+                    metrics=row,
+                    history=history,
+                )
+                ckpt = ray.train.Checkpoint.from_directory(d)
+            ray.train.report(row, checkpoint=ckpt)
+
+
+# --------------------------------------------------------------------------------------------------
+# Driver
+# --------------------------------------------------------------------------------------------------
+
+
+def _ray_init() -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local run needs no token (loopback only)
+    if os.environ.get("RAY_ADDRESS"):  # inside `ray job submit`, or pointed at a cluster
+        ray.init()
+    else:
+        ray.init(include_dashboard=False, log_to_driver=True)
+
+
+def fit(params: Params) -> tuple[Any, Path]:
+    """Train with Ray Train; returns ``(ray result, shards folder)``."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    shards = shards_dir(params.data).resolve()
+    if not (shards / "shards.json").is_file():
+        raise FileNotFoundError(
+            f"{shards}/shards.json: no shards (run `vista prepare` and `vista shard`, or `dvc repro`)"
+        )
+    t = params.train
+    _ray_init()
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"params": params.model_dump(mode="json"), "shards": str(shards)},
+        scaling_config=ScalingConfig(
+            num_workers=t.workers, use_gpu=t.use_gpu, resources_per_worker=dict(t.resources_per_worker)
+        ),
+        run_config=RunConfig(
+            name=run_name(params),
+            storage_path=t.storage_path if "://" in t.storage_path else str(Path(t.storage_path).resolve()),
+            failure_config=FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=None),
+        ),
+    )
+    return trainer.fit(), shards
+
+
+def best_checkpoint_state(result: Any, metric: str, mode: str) -> dict[str, Any]:
+    """The saved state (weights, metrics, history) of the best reported checkpoint."""
+    scored = [(m[metric], c) for c, m in result.best_checkpoints if metric in m]
+    if not scored:
+        raise ValueError(f"train.best_metric={metric!r} was never reported (reported: {sorted(result.metrics)})")
+    _, best = (max if mode == "max" else min)(scored, key=lambda x: x[0])
+    with best.as_directory() as d:
+        return torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
 
 
 @torch.no_grad()
-def save_samples(model: torch.nn.Module, loader: DataLoader, params: Params, device: torch.device, path: Path) -> None:
-    """One row per val image: input, then prediction and ground truth of each task."""
+def save_samples(model: torch.nn.Module, shards: Path, params: Params, path: Path, n: int = 4) -> None:
+    """One row per val image: the input, then prediction and ground truth of each task."""
+    from vista.data.webdata import eval_loader
+
     model.eval()
-    batch = next(iter(loader))
-    pred = model(batch["rgb"][:4].to(device))
+    batch = next(iter(eval_loader(str(shards), "val", n)))
+    pred = model(batch["rgb"])
     m = params.model
     rows = []
-    for i in range(pred[m.tasks[0]].shape[0]):
+    for i in range(batch["rgb"].shape[0]):
         image = denormalize(batch["rgb"][i])
         row = [image]
         if "depth" in pred:
@@ -89,68 +235,50 @@ def save_samples(model: torch.nn.Module, loader: DataLoader, params: Params, dev
 
 
 def run(params: Params, console: Console | None = None) -> dict[str, Any]:
-    """Train per ``params``; returns ``{"initial": metrics, "final": metrics, "history": [...]}``."""
+    """Train, then write ``models/best.pt``, ``models/model_card.json`` and ``models/samples.png``."""
     console = console or Console()
     t = params.train
-    torch.manual_seed(t.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = build_model(params).to(device)
-    if t.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    train_loader, val_loader = build_loaders(params)
-    opt = build_optimizer(model, t.optimizer, t.lr, t.lr_mult, t.weight_decay, t.momentum, t.eps)
-    sched = poly_schedule(opt, t.epochs * len(train_loader), t.poly_power, t.min_lr_ratio)
-    loss_fn = MultiTaskLoss(t.loss_weights, params.data.ignore_index, t.aux_weight, t.normal_loss)
-    metrics = TaskMetrics(
-        params.model.tasks, params.model.num_classes, params.data.ignore_index, params.model.max_depth
-    )
-    n_params = sum(p.numel() for p in model.parameters())
     console.print(
-        f"[bold]{params.model.name}[/] ({n_params / 1e6:.1f} M params) on {device}, "
-        f"{len(train_loader.dataset)} train / {len(val_loader.dataset)} val samples"
+        f"[bold]{params.model.name}[/] on {params.data.dataset}: {t.workers} Ray Train worker(s), "
+        f"{'GPU' if t.use_gpu else 'CPU'}, run {run_name(params)}"
     )
+    result, shards = fit(params)
+    if result.error:
+        raise RuntimeError(f"training failed: {result.error}")
+    best = best_checkpoint_state(result, t.best_metric, t.best_mode)
+    history = best["history"]
+    with result.checkpoint.as_directory() as d:
+        history = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)["history"]
 
-    start = time.perf_counter()
-    initial = evaluate(model, val_loader, metrics, device, amp=t.amp, channels_last=t.channels_last)
-    history = []
-    columns = (
-        TextColumn("epoch {task.fields[epoch]}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.3f}"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console, transient=False) as progress:
-        for epoch in range(1, t.epochs + 1):
-            task = progress.add_task("train", total=len(train_loader), epoch=f"{epoch}/{t.epochs}", loss=float("nan"))
-            losses = train_one_epoch(
-                model,
-                train_loader,
-                opt,
-                loss_fn,
-                device,
-                sched,
-                amp=t.amp,
-                channels_last=t.channels_last,
-                on_step=lambda _s, loss, task=task: progress.update(task, advance=1, loss=loss),
-            )
-            val = evaluate(model, val_loader, metrics, device, amp=t.amp, channels_last=t.channels_last)
-            history.append({"epoch": epoch, **{f"train/{k}": v for k, v in losses.items()}, **val})
-    final = history[-1] if history else initial
-    out = Path(t.out_dir)
-    save_checkpoint(out / "last.pt", model, opt, sched, epoch=t.epochs, params=params.model_dump(mode="json"))
-    result = {
-        "initial": initial,
-        "final": {k: v for k, v in final.items() if k.startswith("val/")},
+    out = Path(t.models_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".best.pt.tmp"
+    torch.save({k: best[k] for k in ("model", "epoch", "params", "metrics")}, tmp)
+    shutil.move(tmp, out / "best.pt")
+    card = {
+        "model": params.model.name,
+        "run_name": run_name(params),
+        "checkpoint": str(result.path),
+        "best_metric": t.best_metric,
+        "best_epoch": best["epoch"],
+        "metrics": best["metrics"],
+        "data": {"dataset": params.data.dataset, "shards": str(shards), "version": data_version(shards)},
+        "params": best["params"],
         "history": history,
-        "wall_s": time.perf_counter() - start,
     }
-    (out / "metrics.json").write_text(json.dumps(result, indent=2))
-    save_samples(model, val_loader, params, device, out / "samples.png")
+    (out / "model_card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    model = build_model(params)
+    model.load_state_dict(best["model"])
+    save_samples(model, shards, params, out / "samples.png")
 
-    table = Table("metric", "at init", "after training", title=f"val metrics ({result['wall_s']:.0f} s)")
-    for k, v in initial.items():
-        table.add_row(k, f"{v:.4f}", f"{result['final'][k]:.4f}")
+    init, final = history[0], history[-1]
+    table = Table("metric", "at init", f"epoch {final['epoch']}", title=f"val metrics ({params.model.name})")
+    for k, v in init.items():
+        if k.startswith("val/"):
+            table.add_row(k, f"{v:.4f}", f"{final[k]:.4f}")
     console.print(table)
-    console.print(f"checkpoint: {out / 'last.pt'}  metrics: {out / 'metrics.json'}  predictions: {out / 'samples.png'}")
-    return result
+    console.print(
+        f"best ({t.best_metric}, epoch {best['epoch']}): {out / 'best.pt'}  card: {out / 'model_card.json'}  "
+        f"predictions: {out / 'samples.png'}"
+    )
+    return card

@@ -109,8 +109,10 @@ class LoaderParams(_Strict):
 
 
 class TrainParams(_Strict):
+    """Optimisation, and how Ray Train runs it (workers, resources, failures, storage)."""
+
     epochs: int = Field(4, ge=1)
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1)  # per worker
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
     lr: float = Field(1e-4, gt=0)
     lr_mult: float = Field(10.0, gt=0)
@@ -124,9 +126,16 @@ class TrainParams(_Strict):
     loss_weights: dict[Task, float] = {"depth": 1.0, "seg": 1.0, "normal": 1.0}
     aux_weight: float = Field(0.2, ge=0)
     normal_loss: Literal["acos", "cosine"] = "acos"
-    num_workers: int = Field(0, ge=0)
     seed: int = 0
-    out_dir: str = "runs/train"
+    workers: int = Field(2, ge=1)  # Ray Train workers (DDP ranks)
+    use_gpu: bool = False  # NCCL on GPUs, gloo on CPUs
+    resources_per_worker: dict[str, float] = {"CPU": 1.0}
+    max_failures: int = Field(2, ge=-1)  # worker failures to recover from (-1: no limit)
+    storage_path: str = "runs/ray"  # Ray checkpoints; shared storage (NFS/S3) for multi-node
+    run_name: str | None = None  # None: derived from the settings, so a re-run resumes its own run
+    best_metric: str = "val/seg/miou"
+    best_mode: Literal["max", "min"] = "max"
+    models_dir: str = "models"  # best.pt, model_card.json, samples.png
 
 
 class Params(_Strict):

@@ -1,0 +1,65 @@
+"""Ray Train (2 CPU workers, gloo) on smoke-sized shards: checkpoints, best model, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import ROOT
+from vista.config import load_params
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def ray_local(tmp_path_factory: pytest.TempPathFactory):
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    tmp = Path("/tmp") / f"vr{os.getpid()}"  # Ray's socket paths must stay short
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(tmp), log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    return [p for p in run_dir.glob("checkpoint_*") if p.is_dir()]
+
+
+def smoke(tmp: Path, *extra: str):
+    return load_params(ROOT / "params.yaml", [
+        f"data.prepared_dir={tmp / 'prepared'}", f"data.shards_dir={tmp / 'shards'}",
+        f"train.storage_path={tmp / 'ray'}", f"train.models_dir={tmp / 'models'}", *extra,
+    ], profile="smoke")
+
+
+def test_two_workers_train_checkpoint_and_resume(tmp_path: Path, ray_local) -> None:
+    from pipelines import prepare, shard, train
+
+    p = smoke(tmp_path, "train.epochs=1")
+    prepare.run(p)
+    shard.run(p)
+    card = train.run(p)
+    run_dir = tmp_path / "ray" / train.run_name(p)
+    assert len(checkpoints(run_dir)) == 1
+    assert [h["epoch"] for h in card["history"]] == [0, 1]
+    best = torch.load(tmp_path / "models" / "best.pt", weights_only=True)
+    assert best["epoch"] == 1 and "val/seg/miou" in best["metrics"]
+    assert (tmp_path / "models" / "samples.png").is_file()
+    saved = json.loads((tmp_path / "models" / "model_card.json").read_text())
+    assert saved["data"]["version"] == train.data_version(tmp_path / "shards" / "synthetic")
+
+    # the same settings with more epochs resume the same run from its last checkpoint
+    p2 = smoke(tmp_path, "train.epochs=2")
+    assert train.run_name(p2) == train.run_name(p)
+    card2 = train.run(p2)
+    assert [h["epoch"] for h in card2["history"]] == [0, 1, 2]
+    assert len(checkpoints(run_dir)) == 2  # epoch 1 was not trained again
+    assert card2["history"][1] == card["history"][1]
+
+    # other settings: another run
+    assert train.run_name(smoke(tmp_path, "train.lr=1e-3")) != train.run_name(p)
