@@ -238,6 +238,12 @@ def run(params: Params, console: Console | None = None) -> dict[str, Any]:
     """Train, then write ``models/best.pt``, ``models/model_card.json`` and ``models/samples.png``."""
     console = console or Console()
     t = params.train
+    parts = t.best_metric.split("/")
+    if len(parts) != 3 or parts[0] != "val" or parts[1] not in params.model.tasks:
+        raise ValueError(
+            f"train.best_metric={t.best_metric!r}: expected val/<task>/<metric> with a task of model.tasks "
+            f"{list(params.model.tasks)}, e.g. val/depth/abs_rel (best_mode min) or val/seg/miou (max)"
+        )
     console.print(
         f"[bold]{params.model.name}[/] on {params.data.dataset}: {t.workers} Ray Train worker(s), "
         f"{'GPU' if t.use_gpu else 'CPU'}, run {run_name(params)}"
@@ -246,7 +252,6 @@ def run(params: Params, console: Console | None = None) -> dict[str, Any]:
     if result.error:
         raise RuntimeError(f"training failed: {result.error}")
     best = best_checkpoint_state(result, t.best_metric, t.best_mode)
-    history = best["history"]
     with result.checkpoint.as_directory() as d:
         history = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)["history"]
 

@@ -30,3 +30,12 @@ def test_bad_override_exits_2_naming_the_key() -> None:
 def test_models_lists_the_registry() -> None:
     r = runner.invoke(app, ["models"])
     assert r.exit_code == 0 and "vista_official_r101" in r.output
+
+
+def test_best_metric_of_a_missing_task_is_refused_before_training(tmp_path: Path) -> None:
+    r = runner.invoke(
+        app,
+        ["train", "--params", str(ROOT / "params.yaml"), "--profile", "smoke", "--set", "model.tasks=[depth]"],
+    )
+    assert r.exit_code == 1
+    assert "train.best_metric='val/seg/miou'" in "".join(r.output.split("\n"))
