@@ -63,3 +63,37 @@ def test_two_workers_train_checkpoint_and_resume(tmp_path: Path, ray_local) -> N
 
     # other settings: another run
     assert train.run_name(smoke(tmp_path, "train.lr=1e-3")) != train.run_name(p)
+
+
+def test_sigkilled_worker_resumes_from_the_last_checkpoint(tmp_path: Path, ray_local) -> None:
+    """Fault test: SIGKILL one training worker after the first checkpoint; the run restarts its workers from
+    the last checkpoint and finishes the planned epochs with one continuous history."""
+    import signal
+    import subprocess
+    import threading
+    import time
+
+    from pipelines import prepare, shard, train
+
+    p = smoke(tmp_path, "train.epochs=4", "data.num_train=32")
+    prepare.run(p)
+    shard.run(p)
+    run_dir = tmp_path / "ray" / train.run_name(p)
+    killed: list[int] = []
+
+    def kill_a_worker() -> None:
+        deadline = time.monotonic() + 300
+        while not checkpoints(run_dir) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        pids = subprocess.run(["pgrep", "-f", "RayTrainWorker"], capture_output=True, text=True).stdout.split()
+        if pids:
+            os.kill(int(pids[0]), signal.SIGKILL)
+            killed.append(int(pids[0]))
+
+    killer = threading.Thread(target=kill_a_worker, daemon=True)
+    killer.start()
+    card = train.run(p)
+    killer.join(10)
+    assert killed, "no training worker was found to kill"
+    assert [h["epoch"] for h in card["history"]] == [0, 1, 2, 3, 4]
+    assert card["best_epoch"] >= 1 and (tmp_path / "models" / "best.pt").is_file()
