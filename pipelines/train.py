@@ -27,6 +27,7 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
+from vista import tracking
 from vista.checkpoint import load_checkpoint, save_checkpoint
 from vista.config import Params, validate_params
 from vista.data import shards_dir
@@ -63,7 +64,7 @@ def run_name(params: Params) -> str:
     """
     if params.train.run_name:
         return params.train.run_name
-    tree = params.model_dump(mode="json", exclude={"profiles"})
+    tree = params.model_dump(mode="json", exclude={"profiles", "tracking"})
     for key in ("epochs", "max_failures", "storage_path", "run_name", "models_dir"):
         tree["train"].pop(key, None)
     digest = hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:8]
@@ -117,6 +118,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
     val_data = eval_loader(shards, "val", t.batch_size, num_workers=ld.num_workers)
 
+    uri, run_id = config.get("tracking_uri"), config.get("mlflow_run_id")
+    net = model.module if hasattr(model, "module") else model
+    viz = None
+    if rank == 0 and run_id and params.tracking.log_images:
+        viz = next(iter(eval_loader(shards, "val", params.tracking.log_images)))
+        viz["rgb"] = viz["rgb"].to(device)
+
+    def track(row: dict[str, Any]) -> None:
+        """Rank 0 logs the epoch's numbers and prediction panels, once the report has gone through."""
+        if rank != 0 or not run_id:
+            return
+        tracking.log_metrics(uri, run_id, row, step=row["epoch"])
+        if viz is not None:
+            panels = prediction_panels(net, viz, params)
+            tracking.log_images(uri, run_id, {f"val/sample_{i}": p for i, p in enumerate(panels)}, step=row["epoch"])
+
     history: list[dict[str, Any]] = []
     start = 1
     checkpoint = ray.train.get_checkpoint()
@@ -128,6 +145,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         init = evaluate(model, val_data, metrics, device, amp=t.amp, channels_last=t.channels_last)
         history.append({"epoch": 0, **init})
         ray.train.report({"epoch": 0, **init})
+        track(history[-1])
 
     for epoch in range(start, t.epochs + 1):
         losses = train_one_epoch(
@@ -151,6 +169,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 )
                 ckpt = ray.train.Checkpoint.from_directory(d)
             ray.train.report(row, checkpoint=ckpt)
+        track(row)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -170,7 +189,7 @@ def _ray_init() -> None:
         ray.init(include_dashboard=False, log_to_driver=True)
 
 
-def fit(params: Params) -> tuple[Any, Path]:
+def fit(params: Params, mlflow_run: tuple[str, str] | None = None) -> tuple[Any, Path]:
     """Train with Ray Train; returns ``(ray result, shards folder)``."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -184,7 +203,12 @@ def fit(params: Params) -> tuple[Any, Path]:
     _ray_init()
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"params": params.model_dump(mode="json"), "shards": str(shards)},
+        train_loop_config={
+            "params": params.model_dump(mode="json"),
+            "shards": str(shards),
+            "tracking_uri": mlflow_run[0] if mlflow_run else None,
+            "mlflow_run_id": mlflow_run[1] if mlflow_run else None,
+        },
         scaling_config=ScalingConfig(
             num_workers=t.workers, use_gpu=t.use_gpu, resources_per_worker=dict(t.resources_per_worker)
         ),
@@ -209,12 +233,9 @@ def best_checkpoint_state(result: Any, metric: str, mode: str) -> dict[str, Any]
 
 
 @torch.no_grad()
-def save_samples(model: torch.nn.Module, shards: Path, params: Params, path: Path, n: int = 4) -> None:
-    """One row per val image: the input, then prediction and ground truth of each task."""
-    from vista.data.webdata import eval_loader
-
+def prediction_panels(model: torch.nn.Module, batch: dict[str, Any], params: Params) -> list[np.ndarray]:
+    """One uint8 image per sample: the input, then prediction and ground truth of each task."""
     model.eval()
-    batch = next(iter(eval_loader(str(shards), "val", n)))
     pred = model(batch["rgb"])
     m = params.model
     rows = []
@@ -231,7 +252,15 @@ def save_samples(model: torch.nn.Module, shards: Path, params: Params, path: Pat
         if "normal" in pred:
             row += [colorize_normals(pred["normal"][i]), colorize_normals(batch["normal"][i])]
         rows.append(panel(row))
-    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+    return rows
+
+
+def save_samples(model: torch.nn.Module, shards: Path, params: Params, path: Path, n: int = 4) -> None:
+    """The prediction panels of the first ``n`` val images, stacked, as a PNG."""
+    from vista.data.webdata import eval_loader
+
+    batch = next(iter(eval_loader(str(shards), "val", n)))
+    Image.fromarray(np.concatenate(prediction_panels(model, batch, params), axis=0)).save(path)
 
 
 def run(params: Params, console: Console | None = None) -> dict[str, Any]:
@@ -248,8 +277,27 @@ def run(params: Params, console: Console | None = None) -> dict[str, Any]:
         f"[bold]{params.model.name}[/] on {params.data.dataset}: {t.workers} Ray Train worker(s), "
         f"{'GPU' if t.use_gpu else 'CPU'}, run {run_name(params)}"
     )
-    result, shards = fit(params)
+    shards = shards_dir(params.data).resolve()
+    if not (shards / "shards.json").is_file():
+        raise FileNotFoundError(
+            f"{shards}/shards.json: no shards (run `vista prepare` and `vista shard`, or `dvc repro`)"
+        )
+    uri = tracking.tracking_uri(params.tracking.uri)
+    tags = {
+        "git_commit": tracking.git_commit() or "unknown",
+        "data_version": data_version(shards),
+        "dataset": params.data.dataset,
+        "model": params.model.name,
+    }
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc_experiment"] = os.environ["DVC_EXP_NAME"]
+    run_id = tracking.start_run(
+        uri, params.tracking.experiment, run_name(params), params.flatten(), tags, artifacts=["params.yaml", "dvc.lock"]
+    )
+    console.print(f"MLflow run {run_id} ({uri})")
+    result, shards = fit(params, (uri, run_id))
     if result.error:
+        tracking.end_run(uri, run_id, "FAILED")
         raise RuntimeError(f"training failed: {result.error}")
     best = best_checkpoint_state(result, t.best_metric, t.best_mode)
     with result.checkpoint.as_directory() as d:
@@ -271,7 +319,10 @@ def run(params: Params, console: Console | None = None) -> dict[str, Any]:
         "params": best["params"],
         "history": history,
     }
+    card["mlflow"] = {"tracking_uri": uri, "run_id": run_id}
     (out / "model_card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    tracking.log_artifact_bytes(uri, run_id, "model_card.json", (out / "model_card.json").read_bytes())
+    tracking.end_run(uri, run_id)
     model = build_model(params)
     model.load_state_dict(best["model"])
     save_samples(model, shards, params, out / "samples.png")

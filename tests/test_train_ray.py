@@ -37,8 +37,20 @@ def smoke(tmp: Path, *extra: str):
     ], profile="smoke")
 
 
-def test_two_workers_train_checkpoint_and_resume(tmp_path: Path, ray_local) -> None:
+def mlflow_runs(uri: str) -> list:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("vista")
+    return client.search_runs([exp.experiment_id]) if exp else []
+
+
+def test_two_workers_train_checkpoint_and_resume(tmp_path: Path, ray_local, monkeypatch: pytest.MonkeyPatch) -> None:
     from pipelines import prepare, shard, train
+    from vista.tracking import run_metrics_history
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
 
     p = smoke(tmp_path, "train.epochs=1")
     prepare.run(p)
@@ -53,6 +65,15 @@ def test_two_workers_train_checkpoint_and_resume(tmp_path: Path, ray_local) -> N
     saved = json.loads((tmp_path / "models" / "model_card.json").read_text())
     assert saved["data"]["version"] == train.data_version(tmp_path / "shards" / "synthetic")
 
+    (run,) = mlflow_runs(uri)
+    assert run.data.params["model.name"] == "vista_r18" and run.data.params["train.epochs"] == "1"
+    assert run.data.tags["data_version"] == saved["data"]["version"]
+    assert [s for s, _ in run_metrics_history(uri, run.info.run_id, "val/seg/miou")] == [0, 1]
+    from mlflow import MlflowClient
+
+    artifacts = {a.path for a in MlflowClient(uri).list_artifacts(run.info.run_id)}
+    assert {"params.yaml", "model_card.json"} <= artifacts and "images" in artifacts
+
     # the same settings with more epochs resume the same run from its last checkpoint
     p2 = smoke(tmp_path, "train.epochs=2")
     assert train.run_name(p2) == train.run_name(p)
@@ -60,12 +81,16 @@ def test_two_workers_train_checkpoint_and_resume(tmp_path: Path, ray_local) -> N
     assert [h["epoch"] for h in card2["history"]] == [0, 1, 2]
     assert len(checkpoints(run_dir)) == 2  # epoch 1 was not trained again
     assert card2["history"][1] == card["history"][1]
+    (run,) = mlflow_runs(uri)  # still one MLflow run, with one continuous history
+    assert [s for s, _ in run_metrics_history(uri, run.info.run_id, "val/seg/miou")] == [0, 1, 2]
 
     # other settings: another run
     assert train.run_name(smoke(tmp_path, "train.lr=1e-3")) != train.run_name(p)
 
 
-def test_sigkilled_worker_resumes_from_the_last_checkpoint(tmp_path: Path, ray_local) -> None:
+def test_sigkilled_worker_resumes_from_the_last_checkpoint(
+    tmp_path: Path, ray_local, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Fault test: SIGKILL one training worker after the first checkpoint; the run restarts its workers from
     the last checkpoint and finishes the planned epochs with one continuous history."""
     import signal
@@ -74,7 +99,10 @@ def test_sigkilled_worker_resumes_from_the_last_checkpoint(tmp_path: Path, ray_l
     import time
 
     from pipelines import prepare, shard, train
+    from vista.tracking import run_metrics_history
 
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     p = smoke(tmp_path, "train.epochs=4", "data.num_train=32")
     prepare.run(p)
     shard.run(p)
@@ -97,3 +125,6 @@ def test_sigkilled_worker_resumes_from_the_last_checkpoint(tmp_path: Path, ray_l
     assert killed, "no training worker was found to kill"
     assert [h["epoch"] for h in card["history"]] == [0, 1, 2, 3, 4]
     assert card["best_epoch"] >= 1 and (tmp_path / "models" / "best.pt").is_file()
+    (run,) = mlflow_runs(uri)
+    steps = [s for s, _ in run_metrics_history(uri, run.info.run_id, "val/seg/miou")]
+    assert sorted(set(steps)) == [0, 1, 2, 3, 4]  # continuous (an epoch cut by the kill may be logged twice)

@@ -138,12 +138,21 @@ class TrainParams(_Strict):
     models_dir: str = "models"  # best.pt, model_card.json, samples.png
 
 
+class TrackingParams(_Strict):
+    """MLflow: ``uri`` null = ``$MLFLOW_TRACKING_URI`` or the embedded sqlite file ``mlflow.db``."""
+
+    uri: str | None = None
+    experiment: str = "vista"
+    log_images: int = Field(4, ge=0)  # val images logged (prediction panels) at every evaluation
+
+
 class Params(_Strict):
     model: ModelParams = ModelParams()
     data: DataParams = DataParams()
     shard: ShardParams = ShardParams()
     loader: LoaderParams = LoaderParams()
     train: TrainParams = TrainParams()
+    tracking: TrackingParams = TrackingParams()
     profiles: dict[str, dict[str, Any]] = {}
 
     def flatten(self) -> dict[str, Any]:
