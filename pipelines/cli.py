@@ -63,6 +63,12 @@ def shard(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, profile:
     _stage("shard", params, set_, profile)
 
 
+@app.command("evaluate")
+def evaluate_(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, profile: ProfileOpt = None) -> None:
+    """Measure models/best.pt on the eval split: eval/metrics.json and eval/plots/."""
+    _stage("evaluate", params, set_, profile)
+
+
 @app.command()
 def datasets(name: Annotated[str | None, typer.Argument(help="dataset name")] = None) -> None:
     """List the dataset adapters, or show where to get one and the layout it expects."""

@@ -64,7 +64,7 @@ def run_name(params: Params) -> str:
     """
     if params.train.run_name:
         return params.train.run_name
-    tree = params.model_dump(mode="json", exclude={"profiles", "tracking"})
+    tree = params.model_dump(mode="json", include={"model", "data", "shard", "loader", "train"})
     for key in ("epochs", "max_failures", "storage_path", "run_name", "models_dir"):
         tree["train"].pop(key, None)
     digest = hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:8]

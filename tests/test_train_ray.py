@@ -84,6 +84,19 @@ def test_two_workers_train_checkpoint_and_resume(tmp_path: Path, ray_local, monk
     (run,) = mlflow_runs(uri)  # still one MLflow run, with one continuous history
     assert [s for s, _ in run_metrics_history(uri, run.info.run_id, "val/seg/miou")] == [0, 1, 2]
 
+    # evaluate: the best model on the val shards, one process, gives the metrics the 2 ranks reported
+    from pipelines import evaluate
+
+    monkeypatch.chdir(tmp_path)
+    results = evaluate.run(p2)
+    for k, v in results.items():
+        assert v == pytest.approx(card2["metrics"][k], rel=1e-5, abs=1e-6), k
+    nested = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert nested["val"]["seg"]["miou"] == results["val/seg/miou"]
+    assert (tmp_path / "eval" / "plots" / "history.csv").read_text().splitlines()[0].startswith("epoch,val/")
+    rows = (tmp_path / "eval" / "plots" / "confusion.csv").read_text().splitlines()
+    assert rows[0] == "actual,predicted,count" and len(rows) == 1 + 6 * 6
+
     # other settings: another run
     assert train.run_name(smoke(tmp_path, "train.lr=1e-3")) != train.run_name(p)
 

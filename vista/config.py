@@ -146,6 +146,12 @@ class TrackingParams(_Strict):
     log_images: int = Field(4, ge=0)  # val images logged (prediction panels) at every evaluation
 
 
+class EvalParams(_Strict):
+    """The evaluate stage: the split the best model is measured on (model selection used val)."""
+
+    split: str = "val"
+
+
 class Params(_Strict):
     model: ModelParams = ModelParams()
     data: DataParams = DataParams()
@@ -153,6 +159,7 @@ class Params(_Strict):
     loader: LoaderParams = LoaderParams()
     train: TrainParams = TrainParams()
     tracking: TrackingParams = TrackingParams()
+    eval: EvalParams = EvalParams()
     profiles: dict[str, dict[str, Any]] = {}
 
     def flatten(self) -> dict[str, Any]:
