@@ -70,6 +70,44 @@ def evaluate_(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, prof
 
 
 @app.command()
+def predict(
+    images: Annotated[list[Path], typer.Argument(help="image files")],
+    model: Annotated[Path, typer.Option("--model", "-m", help="checkpoint written by training")] = Path(
+        "models/best.pt"
+    ),
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("predictions"),
+) -> None:
+    """Colourised depth / segmentation / normals of a trained model for IMAGES."""
+    from vista.data.sources.base import SampleError
+
+    from . import predict as stage
+
+    try:
+        stage.run(images, model, out, console)
+    except (FileNotFoundError, ValueError, SampleError) as err:
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def ui(
+    port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 5000,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Open the MLflow UI on 127.0.0.1 over the project's tracking backend."""
+    import subprocess
+    import sys
+
+    from vista.tracking import tracking_uri
+
+    p = _load(params, None, None)
+    uri = tracking_uri(p.tracking.uri)
+    console.print(f"MLflow UI on http://127.0.0.1:{port} over {uri}")
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
+    raise typer.Exit(subprocess.call(cmd))
+
+
+@app.command()
 def datasets(name: Annotated[str | None, typer.Argument(help="dataset name")] = None) -> None:
     """List the dataset adapters, or show where to get one and the layout it expects."""
     import importlib

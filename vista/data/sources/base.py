@@ -123,7 +123,7 @@ def read_image(path: str | Path, mode: str | None = None) -> np.ndarray:
             im.load()
             if mode is not None:
                 im = im.convert(mode)
-            return np.asarray(im)
+            return np.array(im)  # writable (torch.from_numpy warns on read-only arrays)
     except FileNotFoundError:
         raise SampleError(f"{path}: file not found") from None
     except Exception as err:
