@@ -264,6 +264,19 @@ def test_train_loader_epochs_and_batches(tmp_path: Path, monkeypatch: pytest.Mon
             assert b["depth"].shape == (2, 1, 16, 16) and b["normal"].shape == (2, 3, 16, 16)
 
 
+def test_train_stream_is_repeatable_for_a_seed(tmp_path: Path) -> None:
+    src = get_source("synthetic", "", height=16, width=20, counts={"train": 12})
+    _, out = build(src, tmp_path, splits=("train",), max_samples=3)
+
+    def keys(seed: int) -> list[str]:
+        torch.manual_seed(0)  # the transforms' RNG
+        loader = train_loader(str(out), batch_size=2, num_workers=0, shuffle_buffer=8, seed=seed)
+        return [k for _ in range(2) for b in loader for k in b["key"]]
+
+    assert keys(1) == keys(1)
+    assert keys(1) != keys(2)
+
+
 def test_shards_over_http(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     src = get_source("synthetic", "", height=16, width=20, counts={"val": 5})
     _, out = build(src, tmp_path, splits=("val",), max_samples=2)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -75,6 +76,20 @@ def check_shard_count(n_shards: int, world_size: int, num_workers: int, split: s
         )
 
 
+def _seeded_shuffle(bufsize: int, seed: int) -> Callable[[Iterator[Any]], Iterator[Any]]:
+    """A shuffle buffer whose RNG derives from (seed, rank, loader worker, pass), so runs are repeatable
+    and every reader shuffles differently (WebDataset's default seeds from the pid and the clock)."""
+    passes = [0]
+
+    def stage(src: Iterator[Any]) -> Iterator[Any]:
+        rank, _, worker, _ = wds.utils.pytorch_worker_info()
+        rng = random.Random(hash((seed, rank, worker, passes[0])))
+        passes[0] += 1
+        yield from wds.shuffle(bufsize, initial=min(100, bufsize), rng=rng)(src)
+
+    return stage
+
+
 def _collate(samples: list[TensorSample]) -> TensorSample:
     return default_collate(samples)
 
@@ -125,7 +140,7 @@ def train_loader(
     pipeline = wds.DataPipeline(
         wds.ResampledShards(urls, seed=seed, deterministic=True),
         wds.tarfile_to_samples(),
-        wds.shuffle(shuffle_buffer) if shuffle_buffer > 1 else wds.filters.identity,
+        _seeded_shuffle(shuffle_buffer, seed) if shuffle_buffer > 1 else wds.filters.identity,
         wds.map(_train_map(transform)),
         wds.batched(batch_size, collation_fn=_collate, partial=False),
     )
