@@ -189,16 +189,22 @@ def _ray_init() -> None:
         ray.init(include_dashboard=False, log_to_driver=True)
 
 
-def fit(params: Params, mlflow_run: tuple[str, str] | None = None) -> tuple[Any, Path]:
-    """Train with Ray Train; returns ``(ray result, shards folder)``."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
+def require_shards(params: Params) -> Path:
+    """The absolute shards folder of ``params.data``; raises when the shard stage has not run."""
     shards = shards_dir(params.data).resolve()
     if not (shards / "shards.json").is_file():
         raise FileNotFoundError(
             f"{shards}/shards.json: no shards (run `vista prepare` and `vista shard`, or `dvc repro`)"
         )
+    return shards
+
+
+def fit(params: Params, mlflow_run: tuple[str, str] | None = None) -> tuple[Any, Path]:
+    """Train with Ray Train; returns ``(ray result, shards folder)``."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    shards = require_shards(params)
     t = params.train
     _ray_init()
     trainer = TorchTrainer(
@@ -277,11 +283,7 @@ def run(params: Params, console: Console | None = None) -> dict[str, Any]:
         f"[bold]{params.model.name}[/] on {params.data.dataset}: {t.workers} Ray Train worker(s), "
         f"{'GPU' if t.use_gpu else 'CPU'}, run {run_name(params)}"
     )
-    shards = shards_dir(params.data).resolve()
-    if not (shards / "shards.json").is_file():
-        raise FileNotFoundError(
-            f"{shards}/shards.json: no shards (run `vista prepare` and `vista shard`, or `dvc repro`)"
-        )
+    shards = require_shards(params)
     uri = tracking.tracking_uri(params.tracking.uri)
     tags = {
         "git_commit": tracking.git_commit() or "unknown",

@@ -12,11 +12,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .sources.synthetic import SyntheticConfig, render
+from .sources.synthetic import SPLIT_OFFSET, SyntheticConfig, render
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
-VAL_OFFSET = 1_000_000  # validation indices never overlap training ones
 
 
 def to_tensors(sample: dict[str, Any], normalize: bool = True) -> dict[str, torch.Tensor]:
@@ -45,7 +44,7 @@ class SyntheticDataset(Dataset[dict[str, torch.Tensor]]):
         if split not in ("train", "val"):
             raise ValueError(f"split={split!r}: choose train or val")
         self.cfg, self.count = cfg, count
-        self.offset = 0 if split == "train" else VAL_OFFSET
+        self.offset = SPLIT_OFFSET[split]  # the same disjoint index ranges as the synthetic source
 
     def __len__(self) -> int:
         return self.count
