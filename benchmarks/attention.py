@@ -40,8 +40,14 @@ def _rss_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+def _precision(args: argparse.Namespace) -> None:
+    # cuDNN runs float32 convs in TF32 by default on Ampere and later; the accuracy target is float32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = bool(args.tf32)
+
+
 def worker(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(ROOT))
+    _precision(args)
     from vista.models import create_attention
     from vista.models.reference import unfold_message_evidence
 
@@ -95,6 +101,7 @@ def worker(args: argparse.Namespace) -> None:
 def timings(args: argparse.Namespace) -> dict[str, float]:
     """Median fwd+bwd time of both variants, interleaved in this process so drift hits both alike."""
     sys.path.insert(0, str(ROOT))
+    _precision(args)
     from vista.models import create_attention
     from vista.models.attention import message_evidence
     from vista.models.reference import unfold_message_evidence
@@ -122,6 +129,33 @@ def timings(args: argparse.Namespace) -> dict[str, float]:
     return {v: statistics.median(t) for v, t in times.items()}
 
 
+def profile(args: argparse.Namespace) -> None:
+    """Where our fwd+bwd spends its time: top ops by device (or CPU) time, and the kernel-launch count."""
+    sys.path.insert(0, str(ROOT))
+    _precision(args)
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    from vista.models import create_attention
+
+    dev = torch.device(args.device)
+    m = create_attention(args.preset, in_channels=(512, 1024, 2048), width=args.width).to(dev).train()
+    s = args.image // 8
+    feats = [torch.randn(args.batch, c, s >> i, s >> i).to(dev) for i, c in enumerate((512, 1024, 2048))]
+    for _ in range(2):
+        m(feats).square().mean().backward()
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with torch_profile(activities=acts) as prof:
+        m(feats).square().mean().backward()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+    key = "device_time_total" if dev.type == "cuda" else "cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=20))
+    if dev.type == "cuda":
+        launches = sum(e.count for e in prof.key_averages() if e.key in ("cudaLaunchKernel", "cuLaunchKernel"))
+        print(f"kernel launches per fwd+bwd: {launches}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -130,9 +164,14 @@ def main() -> None:
     ap.add_argument("--image", type=int, default=256)
     ap.add_argument("--width", type=int, default=512)
     ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--tf32", action="store_true", help="let CUDA convs/matmuls use TF32 (default: float32)")
     ap.add_argument("--variant", help=argparse.SUPPRESS)
     ap.add_argument("--out-tensor", help=argparse.SUPPRESS)
+    ap.add_argument("--profile", action="store_true", help="print torch.profiler's top ops of our fwd+bwd and exit")
     args = ap.parse_args()
+    if args.profile:
+        profile(args)
+        return
     if args.variant:
         worker(args)
         return
@@ -160,6 +199,7 @@ def main() -> None:
                 str(args.width),
                 "--iters",
                 str(args.iters),
+                *(["--tf32"] if args.tf32 else []),
             ]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if proc.returncode != 0:
@@ -174,7 +214,7 @@ def main() -> None:
     print(
         f"attention benchmark: preset={args.preset} batch={args.batch} image={args.image}x{args.image} "
         f"(grid {s}x{s}) width={args.width} device={args.device} torch={torch.__version__} "
-        f"threads={torch.get_num_threads()}"
+        f"threads={torch.get_num_threads()} tf32={bool(args.tf32)}"
     )
     print(f"{'variant':<10}{'fwd+bwd median (s)':>20}{'peak memory (MiB)':>20}{'saved for backward (MiB)':>26}")
     for v, r in results.items():
