@@ -69,21 +69,47 @@ def evaluate_(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, prof
     _stage("evaluate", params, set_, profile)
 
 
+@app.command("run")
+def run_(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, profile: ProfileOpt = None) -> None:
+    """train -> evaluate -> register in one go (the stages after `shard`): what `ray job submit` runs."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for stage in ("train", "evaluate", "register"):
+        console.rule(f"[bold]{stage}")
+        _stage(stage, params, set_, profile)
+
+
+@app.command()
+def register(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, profile: ProfileOpt = None) -> None:
+    """Register models/best.pt in the MLflow Model Registry; alias challenger, champion through the gate."""
+    _stage("register", params, set_, profile)
+
+
 @app.command()
 def predict(
     images: Annotated[list[Path], typer.Argument(help="image files")],
-    model: Annotated[Path, typer.Option("--model", "-m", help="checkpoint written by training")] = Path(
-        "models/best.pt"
-    ),
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model", "-m", help="checkpoint path, or a registered model: models:/NAME@champion, models:/NAME/3"
+        ),
+    ] = "models/best.pt",
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("predictions"),
+    params: Annotated[
+        Path, typer.Option("--params", "-p", help="settings file (its tracking.uri resolves models:/ URIs)")
+    ] = Path("params.yaml"),
 ) -> None:
     """Colourised depth / segmentation / normals of a trained model for IMAGES."""
     from vista.data.sources.base import SampleError
 
     from . import predict as stage
 
+    uri = None
+    if "://" in model or model.startswith("models:/"):
+        from vista.tracking import tracking_uri
+
+        uri = tracking_uri(_load(params, None, None).tracking.uri if params.is_file() else None)
     try:
-        stage.run(images, model, out, console)
+        stage.run(images, model, out, console, tracking_uri=uri)
     except (FileNotFoundError, ValueError, SampleError) as err:
         console.print(f"[red]error:[/] {err}")
         raise typer.Exit(1) from None

@@ -16,13 +16,12 @@ from typing import Any
 import torch
 from rich.console import Console
 
+from vista.checkpoint import build_model
 from vista.config import Params
-from vista.data import shards_dir
+from vista.data import shards_location
 from vista.data.webdata import eval_loader
 from vista.engine import evaluate
 from vista.metrics import TaskMetrics
-
-from .train import build_model
 
 EVAL_DIR = Path("eval")
 
@@ -52,7 +51,7 @@ def run(params: Params, console: Console | None = None) -> dict[str, Any]:
     metrics = TaskMetrics(
         params.model.tasks, params.model.num_classes, params.data.ignore_index, params.model.max_depth
     )
-    loader = eval_loader(str(shards_dir(params.data)), split, params.train.batch_size, params.loader.num_workers)
+    loader = eval_loader(shards_location(params.data), split, params.train.batch_size, params.loader.num_workers)
     results = evaluate(model, loader, metrics, "cpu", split=split)
 
     plots = EVAL_DIR / "plots"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,39 +11,37 @@ import torch
 from PIL import Image
 from rich.console import Console
 
-from vista.config import validate_params
+from vista import tracking
+from vista.checkpoint import load_trained
+from vista.config import Params
 from vista.data.sources.base import read_rgb
 from vista.data.torch_dataset import to_tensors
 from vista.visualize import colorize_depth, colorize_normals, colorize_seg
 
-from .train import build_model
 
-
-def load_model(path: str | Path) -> tuple[torch.nn.Module, object]:
-    """A model and its params from a checkpoint written by training (``models/best.pt``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: model checkpoint not found (train first, or pass --model PATH)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if "params" not in state or "model" not in state:
-        raise ValueError(f"{path}: not a vista checkpoint (needs 'model' and 'params')")
-    params = validate_params(state["params"])
-    model = build_model(params)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as err:
-        raise ValueError(f"{path}: weights do not fit the model in its params ({str(err)[:300]})") from None
-    return model.eval(), params
+def load_model(model: str | Path, tracking_uri: str | None = None) -> tuple[torch.nn.Module, Params]:
+    """A model and its params: a checkpoint written by training (``models/best.pt``), or a logged or
+    registered model (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/RUN/model``)."""
+    model = str(model)
+    if model.startswith(("models:/", "runs:/")):
+        uri = tracking_uri or tracking.tracking_uri()
+        with tempfile.TemporaryDirectory() as d:
+            return load_trained(tracking.download_checkpoint(uri, model, d))
+    return load_trained(model)
 
 
 @torch.no_grad()
 def run(
-    images: Sequence[str | Path], model_path: str | Path, out_dir: str | Path, console: Console | None = None
+    images: Sequence[str | Path],
+    model_path: str | Path,
+    out_dir: str | Path,
+    console: Console | None = None,
+    tracking_uri: str | None = None,
 ) -> list[Path]:
     """Write ``<stem>_<task>.png`` per image and task (and ``<stem>_depth.npy``, metres) into ``out_dir``."""
     console = console or Console()
-    model, params = load_model(model_path)
-    m = params.model  # type: ignore[attr-defined]
+    model, params = load_model(model_path, tracking_uri)
+    m = params.model
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []

@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,32 +29,15 @@ from rich.console import Console
 from rich.table import Table
 
 from vista import tracking
-from vista.checkpoint import load_checkpoint, save_checkpoint
+from vista.checkpoint import build_model, load_checkpoint, save_checkpoint
 from vista.config import Params, validate_params
-from vista.data import shards_dir
+from vista.data import shards_location
 from vista.engine import build_optimizer, evaluate, poly_schedule, train_one_epoch
 from vista.losses import MultiTaskLoss
 from vista.metrics import TaskMetrics
-from vista.models import create_model
 from vista.visualize import colorize_depth, colorize_normals, colorize_seg, denormalize, panel
 
 CHECKPOINT_FILE = "model.pt"
-
-
-def build_model(params: Params) -> torch.nn.Module:
-    m = params.model
-    return create_model(
-        m.name,
-        tasks=m.tasks,
-        num_classes=m.num_classes,
-        max_depth=m.max_depth,
-        pretrained=m.pretrained,
-        output_stride=m.output_stride,
-        width=m.width,
-        decoder_channels=m.decoder_channels,
-        aux_head=m.aux_head,
-        attention=m.attention.overrides(),
-    )
 
 
 def run_name(params: Params) -> str:
@@ -71,9 +55,11 @@ def run_name(params: Params) -> str:
     return f"{params.model.name}_{params.data.dataset}_{digest}"
 
 
-def data_version(shards: Path) -> str:
+def data_version(shards: str) -> str:
     """sha256 of ``shards.json``: names exactly the data a model saw."""
-    return hashlib.sha256((shards / "shards.json").read_bytes()).hexdigest()
+    from vista.data.webdata import read_index
+
+    return hashlib.sha256(read_index(shards)).hexdigest()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -137,39 +123,49 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     history: list[dict[str, Any]] = []
     start = 1
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state = load_checkpoint(Path(d) / CHECKPOINT_FILE, model, opt, sched, map_location=device)
-        start, history = state["epoch"] + 1, list(state["history"])
-    else:
-        init = evaluate(model, val_data, metrics, device, amp=t.amp, channels_last=t.channels_last)
-        history.append({"epoch": 0, **init})
-        ray.train.report({"epoch": 0, **init})
-        track(history[-1])
+    monitor = None
+    if rank == 0 and run_id and params.tracking.system_metrics_s > 0:
+        monitor = tracking.system_metrics(uri, run_id, params.tracking.system_metrics_s, resume=checkpoint is not None)
+    try:
+        if checkpoint is not None:
+            with checkpoint.as_directory() as d:
+                state = load_checkpoint(Path(d) / CHECKPOINT_FILE, model, opt, sched, map_location=device)
+            start, history = state["epoch"] + 1, list(state["history"])
+        else:
+            init = evaluate(model, val_data, metrics, device, amp=t.amp, channels_last=t.channels_last)
+            history.append({"epoch": 0, **init})
+            ray.train.report({"epoch": 0, **init})
+            track(history[-1])
 
-    for epoch in range(start, t.epochs + 1):
-        losses = train_one_epoch(
-            model, train_data, opt, loss_fn, device, sched, amp=t.amp, channels_last=t.channels_last
-        )
-        val = evaluate(model, val_data, metrics, device, amp=t.amp, channels_last=t.channels_last)
-        row = {"epoch": epoch, **{f"train/{k}": v for k, v in losses.items()}, **val}
-        history.append(row)
-        with tempfile.TemporaryDirectory() as d:
-            ckpt = None
-            if rank == 0:
-                save_checkpoint(
-                    Path(d) / CHECKPOINT_FILE,
-                    model,
-                    opt,
-                    sched,
-                    epoch=epoch,
-                    params=config["params"],
-                    metrics=row,
-                    history=history,
-                )
-                ckpt = ray.train.Checkpoint.from_directory(d)
-            ray.train.report(row, checkpoint=ckpt)
-        track(row)
+        for epoch in range(start, t.epochs + 1):
+            tic = time.perf_counter()
+            losses = train_one_epoch(
+                model, train_data, opt, loss_fn, device, sched, amp=t.amp, channels_last=t.channels_last
+            )
+            seconds = time.perf_counter() - tic
+            val = evaluate(model, val_data, metrics, device, amp=t.amp, channels_last=t.channels_last)
+            speed = {"train/seconds": seconds, "train/samples_per_s": steps * t.batch_size * world / seconds}
+            row = {"epoch": epoch, **{f"train/{k}": v for k, v in losses.items()}, **speed, **val}
+            history.append(row)
+            with tempfile.TemporaryDirectory() as d:
+                ckpt = None
+                if rank == 0:
+                    save_checkpoint(
+                        Path(d) / CHECKPOINT_FILE,
+                        model,
+                        opt,
+                        sched,
+                        epoch=epoch,
+                        params=config["params"],
+                        metrics=row,
+                        history=history,
+                    )
+                    ckpt = ray.train.Checkpoint.from_directory(d)
+                ray.train.report(row, checkpoint=ckpt)
+            track(row)
+    finally:
+        if monitor is not None:
+            monitor.finish()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -189,17 +185,24 @@ def _ray_init() -> None:
         ray.init(include_dashboard=False, log_to_driver=True)
 
 
-def require_shards(params: Params) -> Path:
-    """The absolute shards folder of ``params.data``; raises when the shard stage has not run."""
-    shards = shards_dir(params.data).resolve()
-    if not (shards / "shards.json").is_file():
+def require_shards(params: Params) -> str:
+    """The shards location of ``params.data`` (absolute folder or URL prefix); raises when there is no
+    ``shards.json`` there (the shard stage has not run, or the URL is wrong)."""
+    from vista.data.webdata import read_index
+
+    shards = shards_location(params.data)
+    try:
+        read_index(shards)
+    except FileNotFoundError:
         raise FileNotFoundError(
             f"{shards}/shards.json: no shards (run `vista prepare` and `vista shard`, or `dvc repro`)"
-        )
+        ) from None
+    except OSError as err:
+        raise FileNotFoundError(str(err)) from None
     return shards
 
 
-def fit(params: Params, mlflow_run: tuple[str, str] | None = None) -> tuple[Any, Path]:
+def fit(params: Params, mlflow_run: tuple[str, str] | None = None) -> tuple[Any, str]:
     """Train with Ray Train; returns ``(ray result, shards folder)``."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -211,7 +214,7 @@ def fit(params: Params, mlflow_run: tuple[str, str] | None = None) -> tuple[Any,
         train_loop_per_worker,
         train_loop_config={
             "params": params.model_dump(mode="json"),
-            "shards": str(shards),
+            "shards": shards,
             "tracking_uri": mlflow_run[0] if mlflow_run else None,
             "mlflow_run_id": mlflow_run[1] if mlflow_run else None,
         },
@@ -261,11 +264,11 @@ def prediction_panels(model: torch.nn.Module, batch: dict[str, Any], params: Par
     return rows
 
 
-def save_samples(model: torch.nn.Module, shards: Path, params: Params, path: Path, n: int = 4) -> None:
+def save_samples(model: torch.nn.Module, shards: str, params: Params, path: Path, n: int = 4) -> None:
     """The prediction panels of the first ``n`` val images, stacked, as a PNG."""
     from vista.data.webdata import eval_loader
 
-    batch = next(iter(eval_loader(str(shards), "val", n)))
+    batch = next(iter(eval_loader(shards, "val", n)))
     Image.fromarray(np.concatenate(prediction_panels(model, batch, params), axis=0)).save(path)
 
 
@@ -317,7 +320,7 @@ def run(params: Params, console: Console | None = None) -> dict[str, Any]:
         "best_metric": t.best_metric,
         "best_epoch": best["epoch"],
         "metrics": best["metrics"],
-        "data": {"dataset": params.data.dataset, "shards": str(shards), "version": data_version(shards)},
+        "data": {"dataset": params.data.dataset, "shards": shards, "version": data_version(shards)},
         "params": best["params"],
         "history": history,
     }

@@ -10,8 +10,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipelines.cli import app
-from pipelines.train import build_model
 from tests.conftest import ROOT
+from vista.checkpoint import build_model
 from vista.config import load_params
 
 runner = CliRunner()

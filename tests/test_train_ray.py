@@ -52,7 +52,7 @@ def test_two_workers_train_checkpoint_and_resume(tmp_path: Path, ray_local, monk
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
 
-    p = smoke(tmp_path, "train.epochs=1")
+    p = smoke(tmp_path, "train.epochs=1", "tracking.system_metrics_s=0.5")
     prepare.run(p)
     shard.run(p)
     card = train.run(p)
@@ -69,13 +69,14 @@ def test_two_workers_train_checkpoint_and_resume(tmp_path: Path, ray_local, monk
     assert run.data.params["model.name"] == "vista_r18" and run.data.params["train.epochs"] == "1"
     assert run.data.tags["data_version"] == saved["data"]["version"]
     assert [s for s, _ in run_metrics_history(uri, run.info.run_id, "val/seg/miou")] == [0, 1]
+    assert run_metrics_history(uri, run.info.run_id, "system/cpu_utilization_percentage")  # rank 0's monitor
     from mlflow import MlflowClient
 
     artifacts = {a.path for a in MlflowClient(uri).list_artifacts(run.info.run_id)}
     assert {"params.yaml", "model_card.json"} <= artifacts and "images" in artifacts
 
     # the same settings with more epochs resume the same run from its last checkpoint
-    p2 = smoke(tmp_path, "train.epochs=2")
+    p2 = smoke(tmp_path, "train.epochs=2", "tracking.system_metrics_s=0.5")
     assert train.run_name(p2) == train.run_name(p)
     card2 = train.run(p2)
     assert [h["epoch"] for h in card2["history"]] == [0, 1, 2]
@@ -96,6 +97,15 @@ def test_two_workers_train_checkpoint_and_resume(tmp_path: Path, ray_local, monk
     assert (tmp_path / "eval" / "plots" / "history.csv").read_text().splitlines()[0].startswith("epoch,val/")
     rows = (tmp_path / "eval" / "plots" / "confusion.csv").read_text().splitlines()
     assert rows[0] == "actual,predicted,count" and len(rows) == 1 + 6 * 6
+
+    # register: a pyfunc version of the registered model, logged into the training run
+    from pipelines import register
+
+    rec = register.run(p2)
+    assert rec["version"] == "1" and rec["aliases"] == {"challenger": "1", "champion": "1"}
+    assert rec["gate"]["value"] == results["val/seg/miou"]
+    version = MlflowClient(uri).get_model_version("vista", "1")
+    assert version.run_id == run.info.run_id and version.tags["data_version"] == saved["data"]["version"]
 
     # other settings: another run
     assert train.run_name(smoke(tmp_path, "train.lr=1e-3")) != train.run_name(p)

@@ -67,3 +67,46 @@ def load_checkpoint(
     if scheduler is not None and state.get("scheduler") is not None:
         scheduler.load_state_dict(state["scheduler"])
     return state
+
+
+def build_model(params: Any) -> nn.Module:
+    """The network that ``params.model`` (a :class:`vista.config.Params`) describes, randomly initialised
+    (or with ImageNet weights when ``model.pretrained``)."""
+    from vista.models import create_model
+
+    m = params.model
+    return create_model(
+        m.name,
+        tasks=m.tasks,
+        num_classes=m.num_classes,
+        max_depth=m.max_depth,
+        pretrained=m.pretrained,
+        output_stride=m.output_stride,
+        width=m.width,
+        decoder_channels=m.decoder_channels,
+        aux_head=m.aux_head,
+        attention=m.attention.overrides(),
+    )
+
+
+def load_trained(path: str | os.PathLike[str]) -> tuple[nn.Module, Any]:
+    """A trained model in eval mode and its :class:`vista.config.Params`, from a checkpoint that training
+    wrote (``models/best.pt``: weights + the params they were trained with)."""
+    from vista.config import validate_params
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: model checkpoint not found (train first, or pass another model)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path}: not a readable checkpoint ({err})") from None
+    if not isinstance(state, dict) or "params" not in state or "model" not in state:
+        raise ValueError(f"{path}: not a vista checkpoint (needs 'model' and 'params')")
+    params = validate_params(state["params"])
+    model = build_model(params)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise ValueError(f"{path}: weights do not fit the model in its params ({str(err)[:300]})") from None
+    return model.eval(), params

@@ -144,12 +144,26 @@ class TrackingParams(_Strict):
     uri: str | None = None
     experiment: str = "vista"
     log_images: int = Field(4, ge=0)  # val images logged (prediction panels) at every evaluation
+    system_metrics_s: float = Field(10.0, ge=0)  # rank 0 samples CPU/memory/GPU every N seconds; 0: off
 
 
 class EvalParams(_Strict):
     """The evaluate stage: the split the best model is measured on (model selection used val)."""
 
     split: str = "val"
+
+
+class RegistryParams(_Strict):
+    """The register stage: the MLflow registered model and the gate that moves its ``champion`` alias.
+
+    Every registered version gets the alias ``challenger``; ``champion`` moves to it only when its gate
+    metric (from ``eval/metrics.json``) beats the current champion's by more than ``min_delta``.
+    """
+
+    model_name: str = Field("vista", min_length=1)
+    gate_metric: str | None = None  # split/task/metric in eval/metrics.json; None: train.best_metric on eval.split
+    gate_mode: Literal["max", "min"] | None = None  # None: train.best_mode
+    min_delta: float = Field(0.0, ge=0)
 
 
 class Params(_Strict):
@@ -160,6 +174,7 @@ class Params(_Strict):
     train: TrainParams = TrainParams()
     tracking: TrackingParams = TrackingParams()
     eval: EvalParams = EvalParams()
+    registry: RegistryParams = RegistryParams()
     profiles: dict[str, dict[str, Any]] = {}
 
     def flatten(self) -> dict[str, Any]:

@@ -11,11 +11,12 @@ the tag ``vista.run_name``, so the metric history stays in one place.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -131,3 +132,193 @@ def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
 def run_metrics_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     """``[(step, value), ...]`` of one metric, by step (for tests and reports)."""
     return sorted((m.step, m.value) for m in _client(uri).get_metric_history(run_id, key))
+
+
+# --------------------------------------------------------------------------------------------------
+# System metrics (CPU, memory, disk, network; GPU with pynvml), sampled in a background thread
+# --------------------------------------------------------------------------------------------------
+
+
+def system_metrics(uri: str, run_id: str, interval_s: float, node: str | None = None, resume: bool = False) -> Any:
+    """A started MLflow ``SystemMetricsMonitor`` logging ``system/...`` into ``run_id`` every
+    ``interval_s`` seconds; call ``.finish()`` on it. ``resume`` continues the step count of the run."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(
+        run_id, sampling_interval=interval_s, resume_logging=resume, node_id=node, tracking_uri=uri
+    )
+    monitor.start()
+    return monitor
+
+
+# --------------------------------------------------------------------------------------------------
+# Models: a pyfunc that takes RGB images of any size, the registry, aliases
+# --------------------------------------------------------------------------------------------------
+
+CHECKPOINT_ARTIFACT = "checkpoint"
+
+
+def _define_pyfunc() -> type:
+    import mlflow.pyfunc
+    import torch
+
+    class VistaPyfunc(mlflow.pyfunc.PythonModel):
+        """A trained VISTA-Net as an MLflow pyfunc.
+
+        Input: uint8 RGB images, ``N×H×W×3`` (or one ``H×W×3``), any H and W.
+        Output: a dict of numpy arrays per task of the model: ``depth`` ``N×H×W`` float32 metres,
+        ``seg`` ``N×H×W`` int32 class ids, ``normal`` ``N×H×W×3`` float32 unit vectors.
+        The weights are the training checkpoint (``models/best.pt``), loaded with ``weights_only=True``.
+        """
+
+        _skip_type_hint_validation = True  # mlflow: the signature validates inputs, not type hints
+
+        def load_context(self, context):  # type: ignore[no-untyped-def]
+            from vista.checkpoint import load_trained
+
+            self.model, self.params = load_trained(context.artifacts[CHECKPOINT_ARTIFACT])
+
+        def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+            from vista.data.torch_dataset import IMAGENET_MEAN, IMAGENET_STD
+
+            x = np.asarray(model_input)
+            if x.ndim == 3:
+                x = x[None]
+            if x.ndim != 4 or x.shape[-1] != 3 or x.dtype != np.uint8:
+                raise ValueError(f"expected uint8 RGB images N×H×W×3, got {x.dtype} array of shape {x.shape}")
+            rgb = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float() / 255.0
+            with torch.no_grad():
+                out = self.model((rgb - IMAGENET_MEAN) / IMAGENET_STD)
+            result: dict[str, np.ndarray] = {}
+            if "depth" in out:
+                result["depth"] = out["depth"][:, 0].numpy()
+            if "seg" in out:
+                result["seg"] = out["seg"].argmax(1).to(torch.int32).numpy()
+            if "normal" in out:
+                result["normal"] = out["normal"].permute(0, 2, 3, 1).contiguous().numpy()
+            return result
+
+    VistaPyfunc.__module__, VistaPyfunc.__qualname__ = __name__, "VistaPyfunc"
+    return VistaPyfunc
+
+
+def __getattr__(name: str) -> Any:
+    # VistaPyfunc subclasses mlflow's PythonModel: defined on first use, so importing this module stays
+    # cheap (no mlflow import), while pickles of it still resolve to ``vista.tracking.VistaPyfunc``.
+    if name == "VistaPyfunc":
+        cls = globals()["VistaPyfunc"] = _define_pyfunc()
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def model_signature(tasks: list[str]) -> Any:
+    """Dynamic batch, height and width: ``(-1, -1, -1, 3)`` uint8 in, per-task arrays out."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    specs = {
+        "depth": TensorSpec(np.dtype(np.float32), (-1, -1, -1), "depth"),
+        "seg": TensorSpec(np.dtype(np.int32), (-1, -1, -1), "seg"),
+        "normal": TensorSpec(np.dtype(np.float32), (-1, -1, -1, 3), "normal"),
+    }
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
+        outputs=Schema([specs[t] for t in ("depth", "seg", "normal") if t in tasks]),
+    )
+
+
+def pip_requirements() -> list[str]:
+    """What loading the pyfunc needs (the vista code itself ships with the model), pinned to this env."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    reqs = []
+    for dist in ("torch", "torchvision", "timm", "numpy", "pillow", "pyyaml", "pydantic", "mlflow"):
+        try:
+            reqs.append(f"{dist}=={version(dist).split('+')[0]}")
+        except PackageNotFoundError:
+            reqs.append(dist)
+    return reqs
+
+
+@contextlib.contextmanager
+def _global_uri(uri: str) -> Iterator[None]:
+    """mlflow's fluent API (log_model, register_model) reads the process-wide tracking URI (the registry
+    follows it): set it for the call, then put back what was there, so no later call of this process
+    silently goes to this backend."""
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def log_model(uri: str, run_id: str, checkpoint: str | os.PathLike[str], tasks: list[str], name: str = "model") -> str:
+    """Log ``checkpoint`` as a pyfunc model of run ``run_id``; returns its ``models:/<model_id>`` URI."""
+    import mlflow
+
+    cls = __getattr__("VistaPyfunc")
+    with _global_uri(uri), mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name=name,
+            python_model=cls(),
+            artifacts={CHECKPOINT_ARTIFACT: str(checkpoint)},
+            code_paths=[str(Path(__file__).parent)],  # the vista package: the model loads without it installed
+            signature=model_signature(tasks),
+            input_example=np.zeros((1, 32, 32, 3), np.uint8),
+            pip_requirements=pip_requirements(),
+        )
+    return info.model_uri
+
+
+def register_model(uri: str, name: str, model_uri: str, tags: Mapping[str, str]) -> str:
+    """A new version of registered model ``name`` (created when missing); returns the version."""
+    import mlflow
+
+    with _global_uri(uri):
+        mv = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
+    return str(mv.version)
+
+
+def find_version(uri: str, name: str, tag: str, value: str) -> str | None:
+    """The newest version of ``name`` whose tag ``tag`` equals ``value`` (None when there is none)."""
+    client = _client(uri)
+    if not client.search_registered_models(filter_string=f"name = '{name}'"):
+        return None
+    versions = client.search_model_versions(f"name = '{name}'")
+    hits = [int(v.version) for v in versions if v.tags.get(tag) == value]
+    return str(max(hits)) if hits else None
+
+
+def version_by_alias(uri: str, name: str, alias: str) -> tuple[str, dict[str, str]] | None:
+    """``(version, tags)`` that ``name@alias`` points to, or None when the alias is not set."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(uri)
+    try:
+        mv = client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+    return str(mv.version), dict(mv.tags)
+
+
+def set_alias(uri: str, name: str, alias: str, version: str) -> None:
+    _client(uri).set_registered_model_alias(name, alias, version)
+
+
+def download_checkpoint(uri: str, model_uri: str, dst: str | os.PathLike[str] | None = None) -> Path:
+    """The training checkpoint inside a logged/registered vista model (``models:/NAME@ALIAS``,
+    ``models:/NAME/VERSION``, ``runs:/...``), downloaded to a local folder."""
+    from mlflow.artifacts import download_artifacts
+    from mlflow.exceptions import MlflowException
+
+    try:
+        local = Path(download_artifacts(artifact_uri=model_uri, dst_path=dst, tracking_uri=uri, registry_uri=uri))
+    except MlflowException as err:
+        raise FileNotFoundError(f"{model_uri}: not found in the MLflow registry at {uri} ({err.message})") from None
+    found = sorted((local / "artifacts").glob("*")) if (local / "artifacts").is_dir() else []
+    if not found:
+        raise ValueError(f"{model_uri}: not a vista model (no checkpoint under artifacts/ in {local})")
+    return found[0]

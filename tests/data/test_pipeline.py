@@ -14,7 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import shared_path
+from tests.conftest import ROOT, shared_path
+from vista.config import load_params
+from vista.data import shards_dir
 from vista.data.manifest import PrepareError, prepare, read_manifest, ref_of
 from vista.data.shards import ShardError, write_shards
 from vista.data.sources.base import SampleRef, Source, get_source
@@ -291,6 +293,21 @@ def test_shards_over_http(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
         keys = [k for b in eval_loader(url, "val", batch_size=2) for k in b["key"]]
         local = [k for b in eval_loader(str(out), "val", batch_size=2) for k in b["key"]]
         assert keys == local and len(keys) == 5
+
+        # training takes data.shards_dir as a URL prefix (shards on object storage, multi-node)
+        from pipelines.train import data_version, require_shards
+
+        www = tmp_path / "www"
+        www.mkdir()
+        (www / "synthetic").symlink_to(out)
+        server.RequestHandlerClass = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
+        params = load_params(ROOT / "params.yaml", [f"data.shards_dir={url}/"])
+        assert require_shards(params) == f"{url}/synthetic"
+        assert data_version(f"{url}/synthetic") == data_version(str(out))
+        with pytest.raises(FileNotFoundError, match="nope/synthetic/shards.json"):
+            require_shards(load_params(ROOT / "params.yaml", [f"data.shards_dir={url}/nope"]))
+        with pytest.raises(ValueError, match="shard stage writes to a local folder"):
+            shards_dir(params.data)
     finally:
         server.shutdown()
         server.server_close()

@@ -29,5 +29,22 @@ def prepared_dir(data: DataParams) -> Path:
     return Path(data.prepared_dir) / data.dataset
 
 
+def is_url(location: str) -> bool:
+    return str(location).startswith(("http://", "https://"))
+
+
 def shards_dir(data: DataParams) -> Path:
+    """The local folder the shard stage writes (``data.shards_dir/<dataset>``)."""
+    if is_url(data.shards_dir):
+        raise ValueError(
+            f"data.shards_dir={data.shards_dir!r}: the shard stage writes to a local folder; shard locally, "
+            "upload the folder, then train with data.shards_dir set to its URL prefix"
+        )
     return Path(data.shards_dir) / data.dataset
+
+
+def shards_location(data: DataParams) -> str:
+    """Where readers find ``<dataset>/shards.json``: an absolute local folder or an ``http(s)://`` prefix."""
+    if is_url(data.shards_dir):
+        return f"{data.shards_dir.rstrip('/')}/{data.dataset}"
+    return str((Path(data.shards_dir) / data.dataset).resolve())

@@ -34,20 +34,25 @@ def _is_url(location: str) -> bool:
     return location.startswith(("http://", "https://"))
 
 
-def load_index(location: str) -> dict[str, Any]:
-    """``shards.json`` of a local folder or URL prefix."""
+def read_index(location: str) -> bytes:
+    """The bytes of ``shards.json`` in a local folder or under a URL prefix."""
     location = str(location).rstrip("/")
     where = f"{location}/shards.json"
     try:
         if _is_url(location):
             with urllib.request.urlopen(where, timeout=30) as r:  # noqa: S310 (http(s) only)
-                return json.loads(r.read())
-        with open(where) as f:
-            return json.load(f)
+                return r.read()
+        with open(where, "rb") as f:
+            return f.read()
     except FileNotFoundError:
         raise FileNotFoundError(f"{where}: shard index not found (run the shard stage first: `vista shard`)") from None
     except OSError as err:
         raise OSError(f"{where}: cannot read the shard index ({err})") from None
+
+
+def load_index(location: str) -> dict[str, Any]:
+    """``shards.json`` of a local folder or URL prefix."""
+    return json.loads(read_index(location))
 
 
 def shard_urls(location: str, split: str, index: dict[str, Any] | None = None) -> list[str]:

@@ -1,0 +1,146 @@
+"""Stage `register`: pyfunc model in the MLflow registry, aliases, the champion gate, loading it back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from pipelines import register
+from pipelines.cli import app
+from tests.conftest import ROOT
+from vista import tracking
+from vista.checkpoint import build_model
+from vista.config import Params, load_params
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Params, str]:
+    """A project folder with what train and evaluate leave behind: models/best.pt, the model card with its
+    MLflow run, eval/metrics.json."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    params = load_params(ROOT / "params.yaml", profile="smoke")
+    return params, uri
+
+
+def write_outputs(params: Params, uri: str, miou: float, seed: int) -> None:
+    """A (randomly initialised) trained model, its card and evaluation, as the train/evaluate stages do."""
+    torch.manual_seed(seed)
+    model = build_model(params)
+    models = Path(params.train.models_dir)
+    models.mkdir(exist_ok=True)
+    torch.save(
+        {"model": model.state_dict(), "params": params.model_dump(mode="json"), "epoch": 1, "metrics": {}},
+        models / "best.pt",
+    )
+    run_id = tracking.start_run(uri, "vista", f"run{seed}", params.flatten())
+    card = {"mlflow": {"tracking_uri": uri, "run_id": run_id}, "data": {"version": "d1"}}
+    (models / "model_card.json").write_text(json.dumps(card))
+    Path("eval").mkdir(exist_ok=True)
+    metrics = {"val": {"seg": {"miou": miou, "pixel_acc": 0.5}, "depth": {"abs_rel": 0.3}}}
+    Path("eval/metrics.json").write_text(json.dumps(metrics))
+
+
+def aliases(uri: str) -> dict[str, str]:
+    from mlflow import MlflowClient
+
+    return {k: str(v) for k, v in MlflowClient(uri).get_registered_model("vista").aliases.items()}
+
+
+def test_champion_moves_only_when_the_gate_metric_improves(project: tuple[Params, str]) -> None:
+    params, uri = project
+    write_outputs(params, uri, miou=0.50, seed=1)
+    rec = register.run(params)
+    assert rec["version"] == "1" and rec["gate"]["promoted"]
+    assert aliases(uri) == {"challenger": "1", "champion": "1"}
+
+    write_outputs(params, uri, miou=0.40, seed=2)  # worse: a challenger, not the champion
+    rec = register.run(params)
+    assert rec["version"] == "2" and not rec["gate"]["promoted"]
+    assert aliases(uri) == {"challenger": "2", "champion": "1"}
+    assert json.loads(Path("models/registered.json").read_text())["aliases"] == {"challenger": "2", "champion": "1"}
+
+    write_outputs(params, uri, miou=0.60, seed=3)  # better: champion moves
+    rec = register.run(params)
+    assert rec["version"] == "3" and rec["gate"]["promoted"]
+    assert aliases(uri) == {"challenger": "3", "champion": "3"}
+
+    # a forced re-run with the same checkpoint registers nothing new
+    assert register.run(params)["version"] == "3"
+    from mlflow import MlflowClient
+
+    assert len(MlflowClient(uri).search_model_versions("name = 'vista'")) == 3
+
+    # a lower-is-better gate: abs_rel 0.3 does not beat version 3's own 0.3 (ties keep the champion)
+    write_outputs(params, uri, miou=0.90, seed=4)
+    p = params.model_copy(
+        update={"registry": params.registry.model_copy(update={"gate_metric": "val/depth/abs_rel", "gate_mode": "min"})}
+    )
+    rec = register.run(p)
+    assert rec["version"] == "4" and not rec["gate"]["promoted"]
+    assert aliases(uri) == {"challenger": "4", "champion": "3"}
+
+
+def test_registered_model_loads_as_pyfunc_and_predicts_any_size(project: tuple[Params, str]) -> None:
+    import mlflow
+
+    params, uri = project
+    write_outputs(params, uri, miou=0.5, seed=1)
+    register.run(params)
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model("models:/vista@champion")
+    sig = model.metadata.signature
+    assert sig.inputs.inputs[0].shape == (-1, -1, -1, 3)
+    net = build_model(params)
+    net.load_state_dict(torch.load("models/best.pt", weights_only=True)["model"])
+    net.eval()
+    for shape in ((2, 40, 56, 3), (1, 33, 47, 3)):
+        images = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
+        out = model.predict(images)
+        n, h, w, _ = shape
+        assert out["depth"].shape == (n, h, w) and out["depth"].dtype == np.float32
+        assert out["seg"].shape == (n, h, w) and out["seg"].dtype == np.int32
+        assert out["normal"].shape == (n, h, w, 3)
+        np.testing.assert_allclose(np.linalg.norm(out["normal"], axis=-1), 1.0, atol=1e-4)
+        # the same numbers as the torch model on the normalised images
+        from vista.data.torch_dataset import IMAGENET_MEAN, IMAGENET_STD
+
+        x = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - IMAGENET_MEAN) / IMAGENET_STD
+        with torch.no_grad():
+            ref = net(x)
+        np.testing.assert_allclose(out["depth"], ref["depth"][:, 0].numpy(), rtol=1e-5, atol=1e-5)
+    with pytest.raises(Exception, match="(?i)schema|uint8"):
+        model.predict(np.zeros((1, 32, 32, 3), np.float32))
+
+
+def test_predict_cli_takes_a_registered_model(project: tuple[Params, str], tmp_path: Path) -> None:
+    params, uri = project
+    write_outputs(params, uri, miou=0.5, seed=1)
+    register.run(params)
+    Image.fromarray(np.zeros((36, 52, 3), np.uint8)).save(tmp_path / "a.png")
+    runner = CliRunner()
+    r = runner.invoke(app, ["predict", "a.png", "--model", "models:/vista@champion", "--out", "out"])
+    assert r.exit_code == 0, r.output
+    with Image.open(tmp_path / "out" / "a_seg.png") as im:
+        assert im.size == (52, 36)
+    r = runner.invoke(app, ["predict", "a.png", "--model", "models:/vista@nope", "--out", "out"])
+    assert r.exit_code == 1 and "models:/vista@nope" in "".join(r.output.split("\n"))
+
+
+def test_register_names_what_is_missing(project: tuple[Params, str]) -> None:
+    params, uri = project
+    with pytest.raises(FileNotFoundError, match="best.pt"):
+        register.run(params)
+    write_outputs(params, uri, miou=0.5, seed=1)
+    p = params.model_copy(update={"registry": params.registry.model_copy(update={"gate_metric": "val/seg/nope"})})
+    with pytest.raises(ValueError, match="val/seg/nope"):
+        register.run(p)
