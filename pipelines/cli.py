@@ -46,7 +46,7 @@ def _stage(module: str, params: Path, overrides: list[str] | None, profile: str 
     stage = importlib.import_module(f"{__package__}.{module}")
     try:
         stage.run(p, console)
-    except (PrepareError, ShardError, FileNotFoundError, ValueError, RuntimeError) as err:
+    except (PrepareError, ShardError, ParamsError, FileNotFoundError, ValueError, RuntimeError) as err:
         console.print(f"[red]error:[/] {err}")
         raise typer.Exit(1) from None
 
@@ -82,6 +82,36 @@ def run_(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, profile: 
 def register(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, profile: ProfileOpt = None) -> None:
     """Register models/best.pt in the MLflow Model Registry; alias challenger, champion through the gate."""
     _stage("register", params, set_, profile)
+
+
+tune_app = typer.Typer(help="Ray Tune sweeps over params.yaml settings (params.tune).", no_args_is_help=False)
+app.add_typer(tune_app, name="tune")
+
+
+@tune_app.callback(invoke_without_command=True)
+def tune(
+    ctx: typer.Context, params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, profile: ProfileOpt = None
+) -> None:
+    """Run (or resume) the sweep in params.tune: tune/results.parquet, tune/best_params.yaml, MLflow runs."""
+    if ctx.invoked_subcommand is None:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        _stage("tune", params, set_, profile)
+
+
+@tune_app.command("promote")
+def tune_promote(
+    params: ParamsOpt = Path("params.yaml"),
+    best: Annotated[Path, typer.Option(help="the sweep's best settings")] = Path("tune/best_params.yaml"),
+    write: Annotated[bool, typer.Option("--write", help="write the best values into params.yaml")] = False,
+) -> None:
+    """Show how the sweep's best settings differ from params.yaml; --write applies them (comments kept)."""
+    from . import tune as stage
+
+    try:
+        stage.promote(params, best, write, console)
+    except (FileNotFoundError, ParamsError) as err:
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(1) from None
 
 
 @app.command()

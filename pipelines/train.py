@@ -173,7 +173,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _ray_init() -> None:
+    """Join the cluster in ``RAY_ADDRESS`` (e.g. inside ``ray job submit``), or start Ray locally.
+
+    The local instance runs the dashboard on 127.0.0.1 (a free port): Ray Train's placement-group cleaner
+    asks the state API (served by the dashboard) whether a run's controller is still alive. Without it, the
+    workers' CPUs of a run that was stopped from outside (a Tune trial stopped by ASHA, a killed driver)
+    stay reserved and the next run waits for resources forever (ray-project/ray#54305).
+    ``RAY_API_SERVER_ADDRESS`` points the workers at this instance even when other Ray instances run here.
+    """
     import ray
 
     if ray.is_initialized():
@@ -181,8 +197,10 @@ def _ray_init() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local run needs no token (loopback only)
     if os.environ.get("RAY_ADDRESS"):  # inside `ray job submit`, or pointed at a cluster
         ray.init()
-    else:
-        ray.init(include_dashboard=False, log_to_driver=True)
+        return
+    port = _free_port()
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port, log_to_driver=True)
 
 
 def require_shards(params: Params) -> str:
@@ -202,13 +220,27 @@ def require_shards(params: Params) -> str:
     return shards
 
 
-def fit(params: Params, mlflow_run: tuple[str, str] | None = None) -> tuple[Any, str]:
-    """Train with Ray Train; returns ``(ray result, shards folder)``."""
+def fit(
+    params: Params,
+    mlflow_run: tuple[str, str] | None = None,
+    *,
+    name: str | None = None,
+    storage_path: str | None = None,
+    callbacks: list[Any] = (),  # type: ignore[assignment]
+) -> tuple[Any, str]:
+    """Train with Ray Train; returns ``(ray result, shards location)``.
+
+    Args:
+        mlflow_run: ``(tracking uri, run id)`` that rank 0 logs into.
+        name, storage_path: the Ray Train run (default: :func:`run_name`, ``train.storage_path``).
+        callbacks: Ray Train callbacks (a Tune trial passes ``TuneReportCallback``).
+    """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     shards = require_shards(params)
     t = params.train
+    storage = storage_path or t.storage_path
     _ray_init()
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -222,10 +254,11 @@ def fit(params: Params, mlflow_run: tuple[str, str] | None = None) -> tuple[Any,
             num_workers=t.workers, use_gpu=t.use_gpu, resources_per_worker=dict(t.resources_per_worker)
         ),
         run_config=RunConfig(
-            name=run_name(params),
-            storage_path=t.storage_path if "://" in t.storage_path else str(Path(t.storage_path).resolve()),
+            name=name or run_name(params),
+            storage_path=storage if "://" in storage else str(Path(storage).resolve()),
             failure_config=FailureConfig(max_failures=t.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=None),
+            callbacks=list(callbacks),
         ),
     )
     return trainer.fit(), shards

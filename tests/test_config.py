@@ -23,7 +23,7 @@ def test_profile_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VISTA_PROFILE", "smoke")
     assert load_params(PARAMS).data.image_size == (64, 64)
     monkeypatch.setenv("VISTA_PROFILE", "nosuch")
-    with pytest.raises(ParamsError, match="profile 'nosuch'.*have: \\['smoke'\\]"):
+    with pytest.raises(ParamsError, match="profile 'nosuch'.*have: \\['camvid', 'smoke'\\]"):
         load_params(PARAMS)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Task = Literal["depth", "seg", "normal"]
 PROFILE_ENV = "VISTA_PROFILE"
@@ -166,6 +166,63 @@ class RegistryParams(_Strict):
     min_delta: float = Field(0.0, ge=0)
 
 
+SpaceKind = Literal["choice", "grid", "uniform", "loguniform", "randint"]
+
+
+class SchedulerParams(_Strict):
+    """Trial scheduler. ``asha``: stops weak trials at epochs grace_period · reduction_factor^k."""
+
+    type: Literal["asha", "fifo"] = "asha"
+    grace_period: int = Field(1, ge=1)  # epochs every trial runs at least
+    reduction_factor: float = Field(2.0, gt=1)
+    max_epochs: int | None = Field(None, ge=1)  # None: train.epochs
+
+
+class TuneParams(_Strict):
+    """Ray Tune sweeps (``vista tune``): a search space over dotted keys of this file.
+
+    ``search_space``: ``{dotted.key: {kind: args}}`` with kind ``choice: [values]``, ``grid: [values]``
+    (every value, times num_samples; random searcher only), ``uniform: [low, high]``,
+    ``loguniform: [low, high]`` (low > 0), ``randint: [low, high]`` (integers, high exclusive).
+    """
+
+    search_space: dict[str, dict[SpaceKind, list[Any]]] = {}
+    searcher: Literal["random", "optuna"] = "random"
+    num_samples: int = Field(4, ge=1)
+    metric: str | None = None  # None: train.best_metric
+    mode: Literal["max", "min"] | None = None  # None: train.best_mode
+    scheduler: SchedulerParams = SchedulerParams()
+    max_concurrent_trials: int = Field(1, ge=1)
+    trial_resources: dict[str, float] = {"CPU": 0.01}  # the trial's driver (it only waits on its workers)
+    workers: int | None = Field(None, ge=1)  # per trial; None: train.workers
+    resources_per_worker: dict[str, float] | None = None  # None: train.resources_per_worker
+    seed: int = 0  # searcher seed
+    name: str | None = None  # None: derived from the settings (a re-run resumes the sweep)
+    storage_path: str = "runs/tune"
+    out_dir: str = "tune"  # best_params.yaml, results.parquet
+
+    @field_validator("search_space")
+    @classmethod
+    def _space(cls, space: dict[str, dict[str, list[Any]]]) -> dict[str, dict[str, list[Any]]]:
+        for key, spec in space.items():
+            if key.split(".")[0] in ("tune", "profiles"):
+                raise ValueError(f"{key}: only model/data/shard/loader/train/... settings can be swept")
+            if len(spec) != 1:
+                raise ValueError(f"{key}: give exactly one of choice/grid/uniform/loguniform/randint, got {spec}")
+            ((kind, args),) = spec.items()
+            if kind in ("choice", "grid"):
+                if not args:
+                    raise ValueError(f"{key}: {kind} needs at least one value")
+            else:
+                if len(args) != 2 or not all(isinstance(a, int | float) for a in args) or not args[0] < args[1]:
+                    raise ValueError(f"{key}: {kind} needs [low, high] numbers with low < high, got {args}")
+                if kind == "loguniform" and args[0] <= 0:
+                    raise ValueError(f"{key}: loguniform needs low > 0, got {args}")
+                if kind == "randint" and not all(isinstance(a, int) for a in args):
+                    raise ValueError(f"{key}: randint needs integers, got {args}")
+        return space
+
+
 class Params(_Strict):
     model: ModelParams = ModelParams()
     data: DataParams = DataParams()
@@ -175,11 +232,23 @@ class Params(_Strict):
     tracking: TrackingParams = TrackingParams()
     eval: EvalParams = EvalParams()
     registry: RegistryParams = RegistryParams()
+    tune: TuneParams = TuneParams()
     profiles: dict[str, dict[str, Any]] = {}
 
     def flatten(self) -> dict[str, Any]:
         """Dotted keys to scalar values (lists joined), e.g. for experiment trackers."""
         return flatten(self.model_dump(exclude={"profiles"}))
+
+    @model_validator(mode="after")
+    def _swept_keys_exist(self) -> Params:
+        tree = self.model_dump(exclude={"profiles", "tune"})
+        for key in self.tune.search_space:
+            node: Any = tree
+            for i, part in enumerate(key.split(".")):
+                if not isinstance(node, dict) or part not in node:
+                    raise ValueError(f"tune.search_space: {key} is not a setting ({'.'.join(key.split('.')[: i + 1])})")
+                node = node[part]
+        return self
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -230,7 +299,7 @@ def _format_error(err: ValidationError, tree: Mapping[str, Any]) -> str:
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
-        lines.append(f"{key}={e.get('input')!r}: {e['msg']}")
+        lines.append(f"{key}={e.get('input')!r}: {e['msg']}" if key else e["msg"].removeprefix("Value error, "))
     return "invalid params: " + "; ".join(lines)
 
 

@@ -102,6 +102,24 @@ def start_run(
     return run_id
 
 
+def find_run(uri: str, experiment: str, run_name: str) -> str | None:
+    """The id of the run ``start_run`` created for ``run_name``, or None."""
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    found = client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'", max_results=1
+    )
+    return found[0].info.run_id if found else None
+
+
+def set_tags(uri: str, run_id: str, tags: Mapping[str, str]) -> None:
+    from mlflow.entities import RunTag
+
+    _client(uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
 def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float], step: int) -> None:
     """Numbers of one step (epoch); metric keys ``split/task/metric``."""
     from mlflow.entities import Metric

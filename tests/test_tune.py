@@ -1,0 +1,194 @@
+"""Ray Tune sweeps (smoke-sized, 2 CPUs): ASHA stops trials early, MLflow nests trials under the sweep,
+best_params.yaml validates, an interrupted sweep resumes without re-running finished trials, promote."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+from vista.config import ParamsError, load_params, validate_params
+
+pytestmark = pytest.mark.timeout(900)
+
+SPACE = "tune.search_space={model.attention.rank: {choice: [1, 2, 3, 5]}, model.attention.tau_m: {loguniform: [0.3, 3.0]}}"
+
+
+def sweep_params(tmp: Path, *extra: str):
+    return load_params(
+        ROOT / "params.yaml",
+        [
+            f"data.prepared_dir={tmp / 'prepared'}",
+            f"data.shards_dir={tmp / 'shards'}",
+            "data.num_train=16",
+            SPACE,
+            "tune.num_samples=4",
+            "tune.scheduler.max_epochs=4",
+            "tune.resources_per_worker={CPU: 0.99}",
+            f"tune.storage_path={tmp / 'tune_runs'}",
+            f"tune.out_dir={tmp / 'tune'}",
+            "tracking.log_images=0",
+            "tracking.system_metrics_s=0",
+            *extra,
+        ],
+        profile="smoke",
+    )
+
+
+@pytest.fixture
+def shards(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    from pipelines import prepare, shard
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.setenv("RAY_TMPDIR", f"/tmp/vt{os.getpid()}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    p = sweep_params(tmp_path)
+    prepare.run(p)
+    shard.run(p)
+    return tmp_path
+
+
+def test_asha_sweep_nests_trials_in_mlflow_and_writes_valid_best_params(shards: Path) -> None:
+    from mlflow import MlflowClient
+
+    from pipelines import tune
+
+    p = sweep_params(shards)
+    best = tune.run(p)
+    df = pd.read_parquet(shards / "tune" / "results.parquet")
+    assert len(df) == 4 and best["trials"] == 4
+    assert df["stopped_early"].any(), df  # ASHA saw every epoch and stopped a weak trial
+    assert (df["epochs"] == 4).any()  # and let the best one run to max_epochs
+    assert set(df["model.attention.rank"]) <= {1, 2, 3, 5}
+    assert df["model.attention.tau_m"].between(0.3, 3.0).all()
+
+    written = yaml.safe_load((shards / "tune" / "best_params.yaml").read_text())
+    bp = validate_params(written)  # a valid params file
+    assert bp.model.attention.rank == best["best"]["model.attention.rank"]
+
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("vista").experiment_id])
+    parents = [r for r in runs if r.data.tags.get("vista.kind") == "sweep"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 4
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    for child in children:
+        assert child.data.params["model.attention.rank"] in {"1", "2", "3", "5"}
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val/seg/miou")]
+        assert steps and steps == sorted(steps) and steps[0] == 0
+    artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    assert {"results.parquet", "best_params.yaml", "metric_vs_params.png", "parallel_coordinates.png"} <= artifacts
+
+
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(shards: Path) -> None:
+    """Kill the sweep's driver after its first trial finished; running it again completes the sweep, and the
+    finished trial's Ray Train run is not trained again."""
+    sets = [
+        f"data.prepared_dir={shards / 'prepared'}",
+        f"data.shards_dir={shards / 'shards'}",
+        "data.num_train=16",
+        SPACE,
+        "tune.num_samples=3",
+        "tune.scheduler.type=fifo",
+        "tune.scheduler.max_epochs=2",
+        "tune.resources_per_worker={CPU: 0.99}",
+        f"tune.storage_path={shards / 'tune_runs'}",
+        f"tune.out_dir={shards / 'tune'}",
+        "tracking.log_images=0",
+        "tracking.system_metrics_s=0",
+    ]
+    cmd = [sys.executable, "-m", "pipelines.cli", "tune", "--params", str(ROOT / "params.yaml"), "--profile", "smoke"]
+    cmd += [a for s in sets for a in ("--set", s)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = load_params(ROOT / "params.yaml", sets, profile="smoke")
+    from pipelines.tune import sweep_name
+
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    proc = subprocess.Popen(cmd, cwd=shards, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 400
+    done_before: set[str] = set()
+    while time.monotonic() < deadline and proc.poll() is None and not done_before:
+        done_before = finished_trials(uri)  # a trial's child run is FINISHED once its function returned
+        time.sleep(1)
+    assert done_before and proc.poll() is None, "the sweep ended before it could be interrupted"
+    time.sleep(5)  # the sweep saves its state within ~2 s
+    assert proc.poll() is None, "the sweep ended before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+    again = subprocess.run(cmd, cwd=shards, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "resuming sweep" in again.stdout.replace("\n", "")
+    df = pd.read_parquet(shards / "tune" / "results.parquet")
+    assert len(df) == 3 and (df["epochs"] == 2).all()
+
+    from mlflow import MlflowClient
+
+    from vista.tracking import find_run
+
+    attempts = {}
+    for trial in df["trial_id"]:
+        run_id = find_run(uri, "vista", f"{sweep_name(p)}/{trial}")
+        attempts[trial] = len(MlflowClient(uri).get_metric_history(run_id, "tune/attempt"))
+    # trials that finished before the kill were not started again; the others ran (or resumed) after it
+    assert all(attempts[t] == 1 for t in done_before), attempts
+    assert set(df["trial_id"]) >= done_before
+
+
+def finished_trials(uri: str) -> set[str]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("vista")
+    if exp is None:
+        return set()
+    runs = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'")
+    return {r.data.tags["trial_id"] for r in runs if "trial_id" in r.data.tags}
+
+
+def test_search_space_errors_name_the_setting(tmp_path: Path) -> None:
+    from pipelines.tune import check_space
+
+    with pytest.raises(ParamsError, match="model.nope is not a setting"):
+        load_params(ROOT / "params.yaml", ["tune.search_space={model.nope: {choice: [1]}}"])
+    with pytest.raises(ParamsError, match="train.lr: uniform needs"):
+        load_params(ROOT / "params.yaml", ["tune.search_space={train.lr: {uniform: [1, 0]}}"])
+    p = load_params(ROOT / "params.yaml", ["tune.search_space={train.optimizer: {choice: [adamw, lion]}}"])
+    with pytest.raises(ParamsError, match="train.optimizer: value 'lion'"):
+        check_space(p)
+    p = load_params(ROOT / "params.yaml", ["tune.searcher=optuna", "tune.search_space={train.lr: {grid: [0.1]}}"])
+    with pytest.raises(ParamsError, match="grid needs searcher random"):
+        check_space(p)
+
+
+def test_promote_shows_the_diff_and_writes_only_when_asked(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text((ROOT / "params.yaml").read_text())
+    best = load_params(params_file, ["model.attention.rank=5", "train.lr=0.001"]).model_dump(mode="json")
+    (tmp_path / "best.yaml").write_text(yaml.safe_dump(best))
+    runner = CliRunner()
+    r = runner.invoke(app, ["tune", "promote", "--params", str(params_file), "--best", str(tmp_path / "best.yaml")])
+    assert r.exit_code == 0, r.output
+    flat = "".join(r.output.split("\n"))
+    assert "model.attention.rank" in flat and "train.lr" in flat and "nothing written" in flat
+    assert params_file.read_text() == (ROOT / "params.yaml").read_text()
+    args = ["tune", "promote", "--params", str(params_file), "--best", str(tmp_path / "best.yaml"), "--write"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    after = load_params(params_file)
+    assert after.model.attention.rank == 5 and after.train.lr == 0.001
+    assert "# The single source of every setting" in params_file.read_text()  # comments kept
