@@ -192,11 +192,15 @@ def run(params: Params, console: Console | None = None) -> dict[str, Any]:
             )
         else:
             scheduler = FIFOScheduler()
-        search_alg = None
         if tp.searcher == "optuna":
             from ray.tune.search.optuna import OptunaSearch
 
             search_alg = OptunaSearch(seed=tp.seed)
+        else:
+            from ray.tune.search.basic_variant import BasicVariantGenerator
+
+            # seeded (the same samples for the same seed); passed explicitly, it must get the concurrency cap itself
+            search_alg = BasicVariantGenerator(random_state=tp.seed, max_concurrent=tp.max_concurrent_trials)
         tuner = tune.Tuner(
             trainable,
             param_space=config,

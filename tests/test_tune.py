@@ -61,11 +61,19 @@ def test_asha_sweep_nests_trials_in_mlflow_and_writes_valid_best_params(shards: 
 
     from pipelines import tune
 
-    p = sweep_params(shards)
+    # a grid over lr puts a trial that cannot learn (lr 1e-9) second: ASHA compares it at epoch 1 with the
+    # first trial (lr 1e-3) and must stop it; rank and tau_m are sampled (seeded)
+    p = sweep_params(
+        shards,
+        "tune.search_space={model.attention.rank: {choice: [1, 2, 3, 5]}, "
+        "model.attention.tau_m: {loguniform: [0.3, 3.0]}, train.lr: {grid: [1.0e-3, 1.0e-9]}}",
+        "tune.num_samples=2",
+    )
     best = tune.run(p)
     df = pd.read_parquet(shards / "tune" / "results.parquet")
     assert len(df) == 4 and best["trials"] == 4
-    assert df["stopped_early"].any(), df  # ASHA saw every epoch and stopped a weak trial
+    assert df["stopped_early"].any(), df.to_string()  # ASHA saw every epoch and stopped a weak trial
+    assert df.loc[df["train.lr"] == 1e-9, "stopped_early"].any(), df.to_string()
     assert (df["epochs"] == 4).any()  # and let the best one run to max_epochs
     assert set(df["model.attention.rank"]) <= {1, 2, 3, 5}
     assert df["model.attention.tau_m"].between(0.3, 3.0).all()
