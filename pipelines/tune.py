@@ -62,8 +62,13 @@ def trial_params(base: dict[str, Any], overrides: dict[str, Any]) -> Params:
 
 
 def base_tree(params: Params) -> dict[str, Any]:
-    """What every trial starts from: the settings with the sweep's per-trial scaling applied."""
+    """What every trial starts from: the settings with the sweep's per-trial scaling applied, and local
+    paths made absolute (a trial runs in its own working directory, not the project's)."""
     tree = params.model_dump(mode="json")
+    for section, key in (("data", "root"), ("data", "prepared_dir"), ("data", "shards_dir"), ("train", "models_dir")):
+        value = tree[section][key]
+        if value and "://" not in value:
+            tree[section][key] = str(Path(value).resolve())
     tp = params.tune
     tree["train"]["epochs"] = tp.scheduler.max_epochs or params.train.epochs
     if tp.workers:

@@ -101,8 +101,8 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(shards: Pat
     """Kill the sweep's driver after its first trial finished; running it again completes the sweep, and the
     finished trial's Ray Train run is not trained again."""
     sets = [
-        f"data.prepared_dir={shards / 'prepared'}",
-        f"data.shards_dir={shards / 'shards'}",
+        "data.prepared_dir=prepared",  # relative to the project folder (the command's cwd), not the trial's
+        "data.shards_dir=shards",
         "data.num_train=16",
         SPACE,
         "tune.num_samples=3",
