@@ -33,31 +33,16 @@ sys.path.insert(0, str(ROOT))
 
 def bare(params, shards: str, epochs: int) -> tuple[float, float]:  # noqa: ANN001
     """(median samples/s over epochs 2.., wall seconds) of a plain loop in this process."""
+    from pipelines.train import training_parts
     from vista.checkpoint import build_model
-    from vista.data.transforms import TrainTransform
-    from vista.data.webdata import load_index, train_loader
-    from vista.engine import build_optimizer, poly_schedule, train_one_epoch
-    from vista.losses import MultiTaskLoss
+    from vista.engine import train_one_epoch
 
     wall = time.perf_counter()
-    t, ld = params.train, params.loader
+    params = params.model_copy(update={"train": params.train.model_copy(update={"epochs": epochs})})
+    t = params.train
     torch.manual_seed(t.seed)
     model = build_model(params)
-    samples = load_index(shards)["splits"]["train"]["samples"]
-    steps = -(-samples // t.batch_size)
-    opt = build_optimizer(model, t.optimizer, t.lr, t.lr_mult, t.weight_decay, t.momentum, t.eps)
-    sched = poly_schedule(opt, epochs * steps, t.poly_power, t.min_lr_ratio)
-    loss_fn = MultiTaskLoss(dict(t.loss_weights), params.data.ignore_index, t.aux_weight, t.normal_loss)
-    transform = TrainTransform(
-        crop_size=ld.crop_size,
-        scale_range=ld.scale_range,
-        hflip=ld.hflip,
-        color_jitter=ld.color_jitter,
-        ignore_index=params.data.ignore_index,
-    )
-    data = train_loader(
-        shards, t.batch_size, transform, num_workers=ld.num_workers, shuffle_buffer=ld.shuffle_buffer, seed=t.seed
-    )
+    opt, sched, loss_fn, data, steps = training_parts(params, model, shards)
     speeds = []
     for _ in range(epochs):
         tic = time.perf_counter()

@@ -67,13 +67,36 @@ def data_version(shards: str) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
+def training_parts(params: Params, model: torch.nn.Module, shards: str, world: int = 1) -> tuple[Any, ...]:
+    """``(optimizer, schedule, loss, training stream, steps per epoch and rank)`` of a run — the same for
+    the Ray Train workers and the bare loop of ``benchmarks/train.py``."""
+    from vista.data.transforms import TrainTransform
+    from vista.data.webdata import load_index, train_loader
+
+    t, ld = params.train, params.loader
+    steps = -(-load_index(shards)["splits"]["train"]["samples"] // (world * t.batch_size))
+    opt = build_optimizer(model, t.optimizer, t.lr, t.lr_mult, t.weight_decay, t.momentum, t.eps)
+    sched = poly_schedule(opt, t.epochs * steps, t.poly_power, t.min_lr_ratio)
+    loss_fn = MultiTaskLoss(dict(t.loss_weights), params.data.ignore_index, t.aux_weight, t.normal_loss)
+    transform = TrainTransform(
+        crop_size=ld.crop_size,
+        scale_range=ld.scale_range,
+        hflip=ld.hflip,
+        color_jitter=ld.color_jitter,
+        ignore_index=params.data.ignore_index,
+    )
+    data = train_loader(
+        shards, t.batch_size, transform, num_workers=ld.num_workers, shuffle_buffer=ld.shuffle_buffer, seed=t.seed
+    )
+    return opt, sched, loss_fn, data, steps
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Runs in every Ray Train worker (one DDP rank)."""
     import ray.train
     import ray.train.torch
 
-    from vista.data.transforms import TrainTransform
-    from vista.data.webdata import eval_loader, load_index, train_loader
+    from vista.data.webdata import eval_loader
 
     params = validate_params(config["params"])
     shards = config["shards"]
@@ -84,23 +107,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(t.seed)  # identical init on every rank (DDP also broadcasts rank 0's weights)
 
     model = ray.train.torch.prepare_model(build_model(params))
-    index = load_index(shards)
-    steps = -(-index["splits"]["train"]["samples"] // (world * t.batch_size))
-    opt = build_optimizer(model, t.optimizer, t.lr, t.lr_mult, t.weight_decay, t.momentum, t.eps)
-    sched = poly_schedule(opt, t.epochs * steps, t.poly_power, t.min_lr_ratio)
-    loss_fn = MultiTaskLoss(dict(t.loss_weights), params.data.ignore_index, t.aux_weight, t.normal_loss)
+    opt, sched, loss_fn, train_data, steps = training_parts(params, model, shards, world)
     metrics = TaskMetrics(
         params.model.tasks, params.model.num_classes, params.data.ignore_index, params.model.max_depth
-    )
-    transform = TrainTransform(
-        crop_size=ld.crop_size,
-        scale_range=ld.scale_range,
-        hflip=ld.hflip,
-        color_jitter=ld.color_jitter,
-        ignore_index=params.data.ignore_index,
-    )
-    train_data = train_loader(
-        shards, t.batch_size, transform, num_workers=ld.num_workers, shuffle_buffer=ld.shuffle_buffer, seed=t.seed
     )
     val_data = eval_loader(shards, "val", t.batch_size, num_workers=ld.num_workers)
 
