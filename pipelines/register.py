@@ -20,7 +20,7 @@ from typing import Any
 from rich.console import Console
 
 from vista import tracking
-from vista.config import Params
+from vista.config import Params, flatten
 
 from .evaluate import EVAL_DIR
 
@@ -35,16 +35,6 @@ def gate(params: Params) -> tuple[str, str]:
     return key, reg.gate_mode or t.best_mode
 
 
-def flatten_metrics(tree: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    out: dict[str, float] = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(flatten_metrics(v, f"{prefix}{k}/"))
-        else:
-            out[f"{prefix}{k}"] = float(v)
-    return out
-
-
 def beats(new: float, old: float, mode: str, min_delta: float) -> bool:
     return new > old + min_delta if mode == "max" else new < old - min_delta
 
@@ -57,7 +47,7 @@ def run(params: Params, console: Console | None = None) -> dict[str, Any]:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing (run `{how}` first, or `dvc repro`)")
     card = json.loads(card_path.read_text())
-    metrics = flatten_metrics(json.loads(metrics_path.read_text()))
+    metrics = {k: float(v) for k, v in flatten(json.loads(metrics_path.read_text()), sep="/").items()}
     key, mode = gate(params)
     if key not in metrics:
         raise ValueError(f"registry gate metric {key!r} is not in {metrics_path} (has: {sorted(metrics)})")

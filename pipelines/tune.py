@@ -241,18 +241,18 @@ def summarize(params: Params, grid: Any, name: str, uri: str, parent: str, conso
         values = history[metric].dropna() if history is not None and metric in history else pd.Series(dtype=float)
         overrides = dict(result.config["overrides"])
         epochs = int(result.metrics.get("epoch", 0))
+        stopped = result.error is None and epochs < max_epochs
         # ASHA stops a trial by ending its process: its child run is closed here
         child = tracking.find_run(uri, params.tracking.experiment, f"{name}/{result.metrics['trial_id']}")
         if child is not None:
-            stopped = result.error is None and epochs < max_epochs
             tracking.end_run(uri, child, "FAILED" if result.error else "FINISHED")
             tracking.set_tags(uri, child, {"tune.stopped_early": str(stopped).lower(), "tune.epochs": str(epochs)})
         rows.append(
             {
                 "trial_id": result.metrics["trial_id"],
-                **{k: v for k, v in overrides.items()},
+                **overrides,
                 "epochs": epochs,
-                "stopped_early": result.error is None and epochs < max_epochs,
+                "stopped_early": stopped,
                 "error": str(result.error)[:500] if result.error else None,
                 f"final {metric}": float(values.iloc[-1]) if len(values) else float("nan"),
                 f"best {metric}": float(values.max() if mode == "max" else values.min())

@@ -251,12 +251,13 @@ class Params(_Strict):
         return self
 
 
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(tree: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:
+    """Nested mappings -> ``{"a.b.c": leaf}`` (``sep`` joins the keys)."""
     out: dict[str, Any] = {}
     for k, v in tree.items():
         key = f"{prefix}{k}"
         if isinstance(v, Mapping):
-            out.update(flatten(v, f"{key}."))
+            out.update(flatten(v, f"{key}{sep}", sep))
         else:
             out[key] = v
     return out

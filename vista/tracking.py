@@ -85,11 +85,10 @@ def start_run(
 
     client = _client(uri)
     exp_id = experiment_id(uri, experiment)
-    found = client.search_runs([exp_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'", max_results=1)
+    found = find_run(uri, experiment, run_name)
     if found:
-        run_id = found[0].info.run_id
-        client.set_terminated(run_id, "RUNNING")
-        return run_id
+        client.set_terminated(found, "RUNNING")
+        return found
     run = client.create_run(exp_id, run_name=run_name, tags={RUN_NAME_TAG: run_name, **(tags or {})})
     run_id = run.info.run_id
     items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
