@@ -38,7 +38,8 @@ def tiny(preset: str = "paper", **kw) -> torch.nn.Module:
     [
         ("paper", {}, (2, 6, 8, 8)),
         ("paper", {"receivers": ("c3", "c4")}, (2, 12, 8, 8)),
-        ("paper", {"senders": ("c4",), "rank": 0}, (2, 6, 8, 8)),
+        ("paper", {"senders": ("c4",), "rank": 0}, (2, 6, 2, 2)),  # c4 alone: messages on its grid
+        ("paper", {"senders": ("c3", "c4")}, (2, 6, 4, 4)),
         ("paper", {"dilations": (1, 2), "kernel_size": 5, "mf_iters": 2, "inference_iters": 3}, (2, 6, 8, 8)),
         ("paper", {"channel_init": "random", "sample_channels": True}, (2, 6, 8, 8)),
         ("official", {}, (2, 24, 2, 2)),
@@ -269,12 +270,114 @@ def test_official_preset_parameter_count() -> None:
 
 def test_paper_preset_is_the_default() -> None:
     cfg = attention_config()
-    assert (cfg.channel_init, cfg.update_channels, cfg.gate_evidence, cfg.fusion) == (
-        "uniform",
+    assert (cfg.channel_init, cfg.update_channels, cfg.channel_prior, cfg.gate_evidence, cfg.fusion) == (
+        "learned",
+        True,
         True,
         False,
         "residual",
     )
+    assert (cfg.eval_draws, attention_config("official").eval_draws) == ("fixed", "fresh")
+
+
+# -- the default model's attention has rank T (the structure is not degenerate) ---------------------
+
+RANK_TOL = 1e-8  # relative singular value counted as rank; float64 round-off sits near 1e-16
+
+
+def _neck_maps(model: torch.nn.Module, x: torch.Tensor):
+    with torch.no_grad():
+        _, maps = model.neck(model.backbone(x)[1:], return_maps=True)
+    return [a for per_pair in maps.values() for a in per_pair]
+
+
+def _ranks(model: torch.nn.Module, x: torch.Tensor) -> set[int]:
+    ranks = set()
+    for att in _neck_maps(model, x):
+        for a in att.a:  # (C, h, w) per sample
+            s = torch.linalg.svdvals(a.reshape(a.shape[0], -1))
+            ranks.add(int((s > RANK_TOL * s[0]).sum()))
+    return ranks
+
+
+@pytest.mark.parametrize("name", ["vista_r18", "vista_mnv3"])
+def test_default_model_attention_has_rank_t_at_init_and_after_a_step(name: str) -> None:
+    from vista.models import create_model
+
+    model = create_model(name, tasks=("depth",)).double()  # no overrides: the paper preset as shipped
+    t = model.neck.cfg.rank
+    assert t == 3
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    model.eval()
+    assert _ranks(model, x) == {t}
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model(x)["depth"].log().mean().backward()
+    opt.step()
+    model.eval()
+    assert _ranks(model, x) == {t}
+    # the same measure sees the collapse of the uniform init: every term equal, rank 1
+    uniform = create_model(name, tasks=("depth",), attention={"channel_init": "uniform"}).double().eval()
+    assert _ranks(uniform, x) == {1}
+
+
+def test_rank_changes_the_function_of_the_default_model() -> None:
+    from vista.models import create_model
+
+    x = torch.randn(1, 3, 64, 64)
+    torch.manual_seed(3)
+    r1 = create_model("vista_r18", tasks=("depth",), attention={"rank": 1}).eval()
+    torch.manual_seed(3)
+    r3 = create_model("vista_r18", tasks=("depth",), attention={"rank": 3}).eval()
+    # share every weight; the rank-1 model gets the first term's channel logits of the rank-3 one
+    state = {k: (v[:, :1] if "channel_logits" in k else v) for k, v in r3.state_dict().items()}
+    r1.load_state_dict(state)
+    with torch.no_grad():
+        feats3 = r3.backbone(x)[1:]
+        out1, out3 = r1.neck(feats3), r3.neck(feats3)
+    # the messages are small at initialisation, but the change is far above float32 round-off
+    assert (out1 - out3).abs().max() > 1e-5 * out3.abs().max()
+
+
+@pytest.mark.parametrize("init", ["uniform", "learned", "random"])
+@pytest.mark.parametrize("sample", [False, True])
+@pytest.mark.parametrize("mf_iters", [1, 2])
+def test_eval_is_bit_identical_for_every_init_outside_official(init: str, sample: bool, mf_iters: int) -> None:
+    m = tiny(channel_init=init, sample_channels=sample, inference_iters=2, mf_iters=mf_iters).eval()
+    x = feats()
+    torch.manual_seed(1)
+    a = m(x)
+    torch.manual_seed(2)  # another global RNG state must not matter
+    b = m(x)
+    assert torch.equal(a, b)
+    # nor the batch a sample is evaluated in (random draws are shared by the samples; equal up to the
+    # round-off of batch-size-dependent conv algorithms)
+    torch.testing.assert_close(m([f[:1] for f in x]), a[:1])
+
+
+def test_random_init_draws_fresh_vectors_in_training() -> None:
+    m = tiny(channel_init="random").train()
+    x = feats()
+    assert not torch.equal(m(x), m(x))
+
+
+def test_official_preset_keeps_fresh_random_draws_in_eval() -> None:
+    m = tiny("official").eval()
+    x = feats()
+    assert not torch.equal(m(x), m(x))  # its documented behaviour (official bug 3), kept for fidelity
+    fixed = tiny("official", eval_draws="fixed").eval()
+    assert torch.equal(fixed(x), fixed(x))
+
+
+def test_channel_updates_keep_the_prior_logits() -> None:
+    phi = 1e-3 * torch.randn(2, 8, 5, 5, dtype=torch.float64)  # small evidence, as at initialisation
+    logits = torch.randn(2, 3, 8, dtype=torch.float64)
+    v, _ = mean_field(phi, logits, 1)
+    # with the prior, v stays near its own start, so the three terms stay apart
+    torch.testing.assert_close(v, torch.softmax(logits, -1), atol=1e-3, rtol=0)
+    v_literal, _ = mean_field(phi, logits, 1, channel_prior=False)
+    # without it, every term lands on (nearly) the same vector
+    assert (v_literal[:, 0] - v_literal[:, 2]).abs().max() < 1e-3 < (v[:, 0] - v[:, 2]).abs().max()
 
 
 @pytest.mark.gpu

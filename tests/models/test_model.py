@@ -128,3 +128,57 @@ def test_bf16_autocast_forward_backward_whole_model_cuda() -> None:
         out = m(x)
     sum(v.float().mean() for v in out.values()).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters() if p.requires_grad)
+
+
+# -- light models for fast training (MobileNetV3-Large) and the peer a user would pick instead -------
+
+
+def test_mobilenet_family_shares_the_backbone_and_the_stride16_grid() -> None:
+    x = torch.randn(2, 3, 96, 128)
+    grids = {}
+    for name in ("vista_mnv3", "baseline_mnv3", "cbam_mnv3"):
+        m = create_model(name, tasks=("seg",), num_classes=11).eval()
+        assert m.cfg.backbone == "mobilenetv3_large_100"
+        with torch.no_grad():
+            feats = m.backbone(x)
+            grids[name] = tuple(m.neck(feats[1:]).shape[-2:])
+            assert m(x)["seg"].shape == (2, 11, 96, 128)
+    assert set(grids.values()) == {(6, 8)}  # stride 16: the neck works on c3's grid
+    assert create_model("vista_mnv3").neck.cfg.senders == ("c3", "c4")
+
+
+def test_attention_overrides_merge_with_the_registered_ones() -> None:
+    m = create_model("vista_mnv3", attention={"rank": 5})
+    assert m.neck.cfg.rank == 5 and m.neck.cfg.senders == ("c3", "c4")
+    with pytest.raises(ValueError, match="grid='c9'"):
+        create_model("vista_r18", grid="c9")
+
+
+def test_lraspp_peer_is_torchvision_with_random_init() -> None:
+    import torchvision
+
+    m = create_model("lraspp_mnv3", tasks=("seg",), num_classes=11, width=99, attention={"rank": 2})
+    ref = torchvision.models.segmentation.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=11)
+    assert [k for k in m.state_dict()] == [k for k in ref.state_dict()]  # the same network, nothing added
+    ref.load_state_dict(m.state_dict())
+    x = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        torch.testing.assert_close(m.eval()(x)["seg"], ref.eval()(x)["out"])
+    groups = m.param_groups()
+    assert len(groups["backbone"]) + len(groups["head"]) == len(list(m.parameters()))
+    with pytest.raises(ValueError, match="segmentation model"):
+        create_model("lraspp_mnv3", tasks=("depth",))
+
+
+@pytest.mark.parametrize("name", ["vista_r18", "lraspp_mnv3"])
+def test_input_scale_sets_the_inference_resolution(name: str) -> None:
+    m = create_model(name, tasks=("seg",), num_classes=5, input_scale=0.5).eval()
+    seen = []
+    m.backbone.register_forward_pre_hook(lambda mod, args: seen.append(tuple(args[0].shape[-2:])))
+    with torch.no_grad():
+        out = m(torch.randn(1, 3, 96, 128))
+    assert out["seg"].shape == (1, 5, 96, 128)  # answers at the input's size
+    m.train()(torch.randn(2, 3, 96, 128))  # training: the loader's crops go in as they are
+    assert seen == [(48, 64), (96, 128)]
+    with pytest.raises(ValueError, match="input_scale=0"):
+        create_model(name, tasks=("seg",), input_scale=0)

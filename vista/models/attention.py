@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 ChannelInit = Literal["uniform", "learned", "random"]
 Fusion = Literal["residual", "official"]
+EvalDraws = Literal["fixed", "fresh"]
 
 # (f_e, f_r, W, K^e, K^r, dilation, kernel_size) -> (S, Φ)
 EvidenceFn = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, int, int], tuple[Tensor, Tensor]]
@@ -45,9 +46,13 @@ class AttentionConfig:
         inference_iters: mean-field rounds of the v↔m updates inside one attention tensor (≥ 1).
         mf_iters: outer message-passing rounds; each recomputes Φ from the updated receivers.
         channel_init: initial channel vectors v: ``uniform`` (1/C), ``learned`` (logits, one set per
-            rank term and dilation) or ``random`` (softmax of N(0, 1) draws, as in the official code).
-            With ``uniform`` init the T terms follow identical updates, so they coincide; use
-            ``learned`` or ``random`` to give them distinct starting points.
+            rank term and dilation, initialised from N(0, 1)) or ``random`` (softmax of N(0, 1) draws,
+            as in the official code). With ``uniform`` init the T terms follow identical updates, so
+            they coincide and A has rank 1 whatever ``rank`` says: an ablation switch, not a default.
+        eval_draws: where ``random`` channel vectors come from in eval mode: ``fixed`` (a generator
+            seeded per pair and dilation, so eval is bit-identical across calls) or ``fresh`` (the
+            global CPU generator, a new draw every call, as the official code; ``official`` preset).
+            Training always draws fresh vectors.
         sample_channels: in training, add reparameterised noise ``σ·ε`` (σ learned) to the v-logits;
             in eval the mean is used, so eval stays deterministic.
         dilations: dilation of each message kernel.
@@ -58,6 +63,11 @@ class AttentionConfig:
         tau_v: temperature of the channel (softmax) update.
         update_channels: run the v half-step after each m half-step (paper); the official code only
             runs the m half-step.
+        channel_prior: the v half-step keeps the initial logits as the categorical prior of the
+            mean-field posterior, ``v ← softmax(ℓ + τ_v · mean(m ⊙ Φ))``. Without it
+            (``v ← softmax(τ_v · mean(m ⊙ Φ))``) v forgets its start after one update, and while the
+            evidence is small (at initialisation) every term lands on the same v: A is numerically rank 1.
+            With ``uniform`` init (ℓ = 0) both updates are the same.
         gate_evidence: attention ``A = Φ ⊙ Σ_t v^t⊗m^t`` (official) instead of ``Σ_t v^t⊗m^t``.
         fusion: ``residual``: receiver update ``z_r = f_r + Σ_e M_{e→r}``, output ``concat_r z_r`` on the
             finest grid; ``official``: ``concat(messages, f_r)`` through two stride-2 3×3 conv+BN+ReLU.
@@ -69,6 +79,7 @@ class AttentionConfig:
     inference_iters: int = 1
     mf_iters: int = 1
     channel_init: ChannelInit = "uniform"
+    eval_draws: EvalDraws = "fixed"
     sample_channels: bool = False
     dilations: tuple[int, ...] = (1, 4, 8)
     kernel_size: int = 3
@@ -77,6 +88,7 @@ class AttentionConfig:
     tau_m: float = 1.0
     tau_v: float = 1.0
     update_channels: bool = True
+    channel_prior: bool = True
     gate_evidence: bool = False
     fusion: Fusion = "residual"
     _names: tuple[str, ...] = field(init=False, repr=False, compare=False)
@@ -105,6 +117,8 @@ class AttentionConfig:
             raise bad("mf_iters", self.mf_iters, "must be >= 1")
         if self.channel_init not in ("uniform", "learned", "random"):
             raise bad("channel_init", self.channel_init, "choose uniform, learned or random")
+        if self.eval_draws not in ("fixed", "fresh"):
+            raise bad("eval_draws", self.eval_draws, "choose fixed or fresh")
         if not self.dilations or any(d < 1 for d in self.dilations):
             raise bad("dilations", self.dilations, "need at least one dilation, each >= 1")
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
@@ -134,7 +148,7 @@ class AttentionConfig:
 
     @property
     def out_stride_factor(self) -> int:
-        """Output stride relative to the finest input feature (the grid messages live on)."""
+        """Output stride relative to the grid messages live on (the finest sender or receiver)."""
         return 4 if self.fusion == "official" else 1
 
     def as_dict(self) -> dict[str, Any]:
@@ -144,13 +158,16 @@ class AttentionConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The method as the paper describes it: deterministic channel init, both mean-field half-steps,
-    # residual receiver update; the output stays on the finest grid and feeds the decoder.
-    "paper": {},
-    # The official module (AttentionGraphCondKernel): random channel vectors, m half-step only,
-    # A = Φ ⊙ Σ v⊗m, rank 3, concat fusion through two stride-2 convs. State_dict-compatible.
+    # The method as the paper describes it: learned channel logits that give the T terms distinct
+    # starting points (with uniform init they coincide and A collapses to rank 1), both mean-field
+    # half-steps, residual receiver update; the output stays on the messages' grid and feeds the decoder.
+    "paper": {"channel_init": "learned"},
+    # The official module (AttentionGraphCondKernel): random channel vectors (fresh draws in eval too),
+    # m half-step only, A = Φ ⊙ Σ v⊗m, rank 3, concat fusion through two stride-2 convs.
+    # State_dict-compatible.
     "official": {
         "channel_init": "random",
+        "eval_draws": "fresh",
         "update_channels": False,
         "gate_evidence": True,
         "fusion": "official",
@@ -305,15 +322,16 @@ def mean_field(
     tau_m: float = 1.0,
     tau_v: float = 1.0,
     update_channels: bool = True,
+    channel_prior: bool = True,
     noise: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Unrolled mean-field updates of T independent (v, m) pairs given the evidence Φ.
 
     Args:
         phi: evidence ``(B, C, h, w)``.
-        v_logits: initial channel logits ``(B, T, C)``.
+        v_logits: initial channel logits ``ℓ`` ``(B, T, C)``.
         iters: rounds of ``m ← σ(τ_m Σ_c v_c Φ_c)`` then (if ``update_channels``)
-            ``v ← softmax_c(τ_v mean_hw(m ⊙ Φ))``.
+            ``v ← softmax_c(ℓ + τ_v mean_hw(m ⊙ Φ))`` (``ℓ`` dropped without ``channel_prior``).
         noise: maps logits to perturbed logits (reparameterised sampling in training).
 
     Returns:
@@ -326,7 +344,8 @@ def mean_field(
         m = torch.sigmoid(tau_m * torch.einsum("btc,bchw->bthw", v, phi))  # (B, T, h, w)
         if update_channels:
             mean_evidence = torch.einsum("bthw,bchw->btc", m, phi) / phi[0, 0].numel()  # (B, T, C)
-            v = torch.softmax(perturb(tau_v * mean_evidence), dim=-1)
+            logits = tau_v * mean_evidence
+            v = torch.softmax(perturb(logits + v_logits if channel_prior else logits), dim=-1)
     return v, m
 
 
@@ -400,9 +419,10 @@ class AttentionGatedMessage(nn.Module):
     (2C → k²), ``kernel_se_{i}`` and ``kernel_sr_{i}`` (C → k²), ``combination_msgs.0`` (nD·C → C).
     """
 
-    def __init__(self, cfg: AttentionConfig) -> None:
+    def __init__(self, cfg: AttentionConfig, seed: int = 0) -> None:
         super().__init__()
         self.cfg = cfg
+        self.seed = seed  # of the fixed eval draws (``random`` init, ``eval_draws="fixed"``)
         c, k = cfg.width, cfg.kernel_size
         for i, d in enumerate(cfg.dilations, start=1):
             pad = d * (k - 1) // 2
@@ -412,8 +432,8 @@ class AttentionGatedMessage(nn.Module):
         self.combination_msgs = nn.Sequential(nn.Conv2d(len(cfg.dilations) * c, c, 1), nn.ReLU(inplace=True))
         n_dil = len(cfg.dilations)
         if cfg.rank > 0 and cfg.channel_init == "learned":
-            # small random logits break the symmetry between the T terms
-            self.channel_logits = nn.Parameter(0.01 * torch.randn(n_dil, cfg.rank, c))
+            # N(0, 1) logits, as the official code's draws: distinct starts for the T terms
+            self.channel_logits = nn.Parameter(torch.randn(n_dil, cfg.rank, c))
         if cfg.rank > 0 and cfg.sample_channels:
             self.channel_log_sigma = nn.Parameter(torch.full((n_dil,), math.log(0.1)))
         self.evidence: EvidenceFn = message_evidence
@@ -424,9 +444,15 @@ class AttentionGatedMessage(nn.Module):
         if self.cfg.channel_init == "learned":
             return self.channel_logits[i].unsqueeze(0).expand(b, t, c)
         if self.cfg.channel_init == "random":
-            # drawn on the CPU generator, one (B, C) draw per term, as the official code orders them,
-            # so outputs match it and do not depend on the device
-            draws = torch.stack([torch.randn(b, c) for _ in range(t)], dim=1)
+            # drawn on a CPU generator, so outputs do not depend on the device. Eval with fixed draws:
+            # T vectors from a generator seeded by (pair, dilation), shared by every sample, the same at
+            # every call and for any batch. Otherwise the global generator, one (B, C) draw per term in
+            # the official code's order (so the official preset reproduces its outputs).
+            if not self.training and self.cfg.eval_draws == "fixed":
+                gen = torch.Generator().manual_seed(1_000_003 * (self.seed + 1) + i)
+                draws = torch.randn(1, t, c, generator=gen).expand(b, t, c)
+            else:
+                draws = torch.stack([torch.randn(b, c) for _ in range(t)], dim=1)
             return draws.to(device=phi.device, dtype=phi.dtype)
         return phi.new_zeros(b, t, c)  # uniform: softmax(0) = 1/C
 
@@ -447,6 +473,7 @@ class AttentionGatedMessage(nn.Module):
             tau_m=cfg.tau_m,
             tau_v=cfg.tau_v,
             update_channels=cfg.update_channels,
+            channel_prior=cfg.channel_prior,
             noise=noise,
         )
 
@@ -505,10 +532,12 @@ class StructuredAttention(nn.Module):
 
     Input: a list of backbone features, finest first (``c2`` at stride 8, ``c3``, ``c4``...). Each used
     feature is projected to ``width`` channels (conv3×3 + BN + ReLU; module ``conv{i+3}``, ResNet stage
-    naming) and nearest-resized to the finest grid. Messages flow along every sender→receiver pair
+    naming) and nearest-resized to the grid of the finest feature that takes part (``c2`` by default;
+    senders and receivers from ``c3`` on put the messages on the coarser, cheaper stride-16 grid).
+    Messages flow along every sender→receiver pair
     (module ``attention_MSG_{s}{r}``, stage numbers).
 
-    Output: ``(B, cfg.out_channels, h, w)`` on the finest grid (``residual`` fusion) or at 1/4 of it
+    Output: ``(B, cfg.out_channels, h, w)`` on that grid (``residual`` fusion) or at 1/4 of it
     (``official`` fusion, i.e. stride 32 from stride-8 features).
     """
 
@@ -525,7 +554,7 @@ class StructuredAttention(nn.Module):
         for r in cfg.receivers:
             for s in cfg.senders:
                 name = f"attention_MSG_{stage[s]}{stage[r]}"
-                self.add_module(name, AttentionGatedMessage(cfg))
+                self.add_module(name, AttentionGatedMessage(cfg, seed=len(self.pairs)))
                 self.pairs.append((name, s, r))
         self._stage = stage
         if cfg.fusion == "official":
@@ -546,7 +575,8 @@ class StructuredAttention(nn.Module):
         cfg = self.cfg
         if len(feats) != len(cfg.in_channels):
             raise ValueError(f"expected {len(cfg.in_channels)} features {cfg.feature_names}, got {len(feats)}")
-        grid = feats[0].shape[-2:]
+        used = [i for i, n in enumerate(cfg.feature_names) if n in cfg.senders or n in cfg.receivers]
+        grid = feats[used[0]].shape[-2:]  # the finest feature that takes part (features come finest first)
         out = {}
         for n, x, cin in zip(cfg.feature_names, feats, cfg.in_channels, strict=True):
             if x.shape[1] != cin:
@@ -566,7 +596,7 @@ class StructuredAttention(nn.Module):
             return_maps: also return the attention of every pair (last round), keyed by pair name.
         """
         cfg = self.cfg
-        f = self._project(feats)  # name -> (B, C, h, w), all on the finest grid
+        f = self._project(feats)  # name -> (B, C, h, w), all on the messages' grid
         z = dict(f)
         maps: dict[str, list[AttentionMaps]] = {}
         messages: dict[str, list[Tensor]] = {}

@@ -1,4 +1,4 @@
-"""Backbones from timm (``features_only``): the four ResNet stages c1..c4 (strides 4, 8, 16, 32)."""
+"""Backbones from timm (``features_only``): four stages c1..c4 (strides 4, 8, 16, 32 at output stride 32)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import timm
 from torch import Tensor, nn
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
+# light backbones with dilation support (output_stride 8/16) and a stride-4 first feature
+MOBILE = ("mobilenetv3_large_100", "mobilenetv3_large_075", "efficientnet_b0", "efficientnet_lite0")
+BACKBONES = RESNETS + MOBILE
 
 
 class PretrainedWeightsError(RuntimeError):
@@ -13,18 +16,18 @@ class PretrainedWeightsError(RuntimeError):
 
 
 class Backbone(nn.Module):
-    """A timm ResNet returning ``[c1, c2, c3, c4]`` (strides 4, 8, 16, 32 at ``output_stride=32``).
+    """A timm backbone returning ``[c1, c2, c3, c4]`` (strides 4, 8, 16, 32 at ``output_stride=32``).
 
     Args:
-        name: one of ``RESNETS``.
+        name: one of ``BACKBONES`` (ResNets; MobileNetV3 / EfficientNet for fast training).
         output_stride: 8, 16 or 32; smaller strides dilate the last stages (timm does this).
         pretrained: load ImageNet weights (downloads through timm / Hugging Face Hub on first use).
     """
 
     def __init__(self, name: str = "resnet50", output_stride: int = 8, pretrained: bool = False) -> None:
         super().__init__()
-        if name not in RESNETS:
-            raise ValueError(f"backbone {name!r}: choose one of {RESNETS}")
+        if name not in BACKBONES:
+            raise ValueError(f"backbone {name!r}: choose one of {BACKBONES}")
         if output_stride not in (8, 16, 32):
             raise ValueError(f"output_stride={output_stride!r}: choose 8, 16 or 32")
         kwargs = dict(features_only=True, out_indices=(1, 2, 3, 4), output_stride=output_stride)
