@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from vista.config import ParamsError, load_params
+from vista.config import ParamsError, load_params, parse_overrides
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="VISTA-Net training pipeline.")
 console = Console()
@@ -110,6 +110,29 @@ def tune_promote(
     try:
         stage.promote(params, best, write, console)
     except (FileNotFoundError, ParamsError) as err:
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def study(
+    name: Annotated[str, typer.Argument(help="a study of params.yaml `studies`, e.g. camvid or synthetic")],
+    smoke: Annotated[bool, typer.Option("--smoke", help="seconds-long check: smoke profile, one seed")] = False,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Equal-budget comparison: every model × seed of the study, then a mean ± std table and curves."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from vista.data.manifest import PrepareError
+    from vista.data.shards import ShardError
+
+    from . import study as stage
+
+    p = _load(params, None, None)
+    try:
+        overrides = dict(parse_overrides(set_ or []))
+        stage.run(p, name, smoke, console, overrides)
+    except (PrepareError, ShardError, ParamsError, FileNotFoundError, ValueError, RuntimeError) as err:
         console.print(f"[red]error:[/] {err}")
         raise typer.Exit(1) from None
 

@@ -2,7 +2,8 @@
 
 Writes exactly:
 - ``eval/metrics.json``: ``{split: {task: {metric: value}}}`` (DVC metrics);
-- ``eval/plots/history.csv``: per-epoch val metrics of the training run (from the model card);
+- ``eval/plots/history.csv``: val metrics of the training run at each evaluated epoch, with the training
+  wall-clock so far (from the model card);
 - ``eval/plots/confusion.csv``: segmentation confusion matrix as ``actual,predicted,count`` rows.
 """
 
@@ -21,7 +22,7 @@ from vista.config import Params
 from vista.data import shards_location
 from vista.data.webdata import eval_loader
 from vista.engine import evaluate
-from vista.metrics import TaskMetrics
+from vista.protocol import task_metrics
 
 EVAL_DIR = Path("eval")
 
@@ -48,9 +49,7 @@ def run(params: Params, console: Console | None = None) -> dict[str, Any]:
     state = torch.load(best, map_location="cpu", weights_only=True)
     model = build_model(params)
     model.load_state_dict(state["model"])
-    metrics = TaskMetrics(
-        params.model.tasks, params.model.num_classes, params.data.ignore_index, params.model.max_depth
-    )
+    metrics = task_metrics(params)
     loader = eval_loader(shards_location(params.data), split, params.train.batch_size, params.loader.num_workers)
     results = evaluate(model, loader, metrics, "cpu", split=split)
 
@@ -60,11 +59,12 @@ def run(params: Params, console: Console | None = None) -> dict[str, Any]:
     card = json.loads((models / "model_card.json").read_text()) if (models / "model_card.json").is_file() else {}
     history = card.get("history", [])
     keys = sorted({k for row in history for k in row if k.startswith("val/")})
-    with open(plots / "history.csv", "w", newline="") as f:
+    with open(plots / "history.csv", "w", newline="") as f:  # evaluated epochs only (see train.eval_every)
         w = csv.writer(f)
-        w.writerow(["epoch", *keys])
+        w.writerow(["epoch", "train/elapsed_s", *keys])
         for row in history:
-            w.writerow([row["epoch"], *(row.get(k, "") for k in keys)])
+            if any(k in row for k in keys):
+                w.writerow([row["epoch"], row.get("train/elapsed_s", ""), *(row.get(k, "") for k in keys)])
     with open(plots / "confusion.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["actual", "predicted", "count"])

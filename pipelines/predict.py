@@ -16,6 +16,7 @@ from vista.checkpoint import load_trained
 from vista.config import Params
 from vista.data.sources.base import read_rgb
 from vista.data.torch_dataset import to_tensors
+from vista.protocol import model_max_depth
 from vista.visualize import colorize_depth, colorize_normals, colorize_seg
 
 
@@ -53,7 +54,7 @@ def run(
         if "depth" in pred:
             depth = pred["depth"][0, 0].numpy()
             np.save(out / f"{stem}_depth.npy", depth)
-            files["depth"] = colorize_depth(depth, m.max_depth)
+            files["depth"] = colorize_depth(depth, model_max_depth(params))
         if "seg" in pred:
             files["seg"] = colorize_seg(pred["seg"][0], m.num_classes, rgb)
         if "normal" in pred:

@@ -32,9 +32,9 @@ from vista import tracking
 from vista.checkpoint import build_model, load_checkpoint, save_checkpoint
 from vista.config import Params, validate_params
 from vista.data import shards_location
-from vista.engine import build_optimizer, evaluate, poly_schedule, train_one_epoch
-from vista.losses import MultiTaskLoss
-from vista.metrics import TaskMetrics
+from vista.engine import TimeBudget, build_optimizer, evaluate, poly_schedule, train_one_epoch
+from vista.losses import MultiTaskLoss, median_frequency_weights
+from vista.protocol import model_max_depth, task_metrics
 from vista.visualize import colorize_depth, colorize_normals, colorize_seg, denormalize, panel
 
 CHECKPOINT_FILE = "model.pt"
@@ -67,17 +67,46 @@ def data_version(shards: str) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def training_parts(params: Params, model: torch.nn.Module, shards: str, world: int = 1) -> tuple[Any, ...]:
+def seg_class_weights(params: Params, index: dict[str, Any]) -> list[float] | None:
+    """The segmentation loss's class weights that ``train.class_weights`` asks for (``None``: unweighted).
+
+    ``median_freq`` derives them from the class pixel counts the shard stage stored in ``shards.json``.
+    """
+    cw, k = params.train.class_weights, params.model.num_classes
+    if cw == "none" or "seg" not in params.model.tasks:
+        return None
+    if isinstance(cw, tuple):
+        if len(cw) != k:
+            raise ValueError(f"train.class_weights has {len(cw)} values; model.num_classes is {k}")
+        return list(cw)
+    train = index["splits"].get("train", {})
+    if "class_pixels" not in train:
+        raise ValueError(
+            "train.class_weights=median_freq: shards.json has no class statistics (shards written by an older "
+            "version); re-run `vista shard`"
+        )
+    if len(train["class_pixels"]) != k:
+        raise ValueError(f"shards.json counts {len(train['class_pixels'])} classes; model.num_classes is {k}")
+    return median_frequency_weights(train["class_pixels"], train["class_image_pixels"])
+
+
+def training_parts(
+    params: Params, model: torch.nn.Module, shards: str, world: int = 1, budget: TimeBudget | None = None
+) -> tuple[Any, ...]:
     """``(optimizer, schedule, loss, training stream, steps per epoch and rank)`` of a run — the same for
-    the Ray Train workers and the bare loop of ``benchmarks/train.py``."""
+    the Ray Train workers and the bare loop of ``benchmarks/train.py``. With a ``budget`` the schedule
+    follows its clock (``train.time_budget_s``)."""
     from vista.data.transforms import TrainTransform
     from vista.data.webdata import load_index, train_loader
 
     t, ld = params.train, params.loader
-    steps = -(-load_index(shards)["splits"]["train"]["samples"] // (world * t.batch_size))
+    index = load_index(shards)
+    steps = -(-index["splits"]["train"]["samples"] // (world * t.batch_size))
     opt = build_optimizer(model, t.optimizer, t.lr, t.lr_mult, t.weight_decay, t.momentum, t.eps)
-    sched = poly_schedule(opt, t.epochs * steps, t.poly_power, t.min_lr_ratio)
-    loss_fn = MultiTaskLoss(dict(t.loss_weights), params.data.ignore_index, t.aux_weight, t.normal_loss)
+    sched = poly_schedule(opt, t.epochs * steps, t.poly_power, t.min_lr_ratio, t.warmup, budget)
+    loss_fn = MultiTaskLoss(
+        dict(t.loss_weights), params.data.ignore_index, t.aux_weight, t.normal_loss, seg_class_weights(params, index)
+    )
     transform = TrainTransform(
         crop_size=ld.crop_size,
         scale_range=ld.scale_range,
@@ -106,11 +135,25 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     torch.manual_seed(t.seed)  # identical init on every rank (DDP also broadcasts rank 0's weights)
 
-    model = ray.train.torch.prepare_model(build_model(params))
-    opt, sched, loss_fn, train_data, steps = training_parts(params, model, shards, world)
-    metrics = TaskMetrics(
-        params.model.tasks, params.model.num_classes, params.data.ignore_index, params.model.max_depth
-    )
+    net0 = build_model(params)
+    if t.channels_last:  # the weights too, not only the input: convolutions then skip the layout changes
+        net0 = net0.to(memory_format=torch.channels_last)
+    model = ray.train.torch.prepare_model(net0)
+    if t.grad_compression != "none" and world > 1:
+        # all-reduce gradients in 16 bits: half the bytes; with gloo on CPUs the fp32 all-reduce of a
+        # ResNet-18 costs ~40% of a step, fp16 almost nothing (benchmarks/train.py)
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+        hook = default_hooks.fp16_compress_hook if t.grad_compression == "fp16" else default_hooks.bf16_compress_hook
+        model.register_comm_hook(None, hook)
+    checkpoint = ray.train.get_checkpoint()
+    state = None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    budget = TimeBudget(t.time_budget_s, spent=(state or {}).get("elapsed_s", 0.0)) if t.time_budget_s else None
+    opt, sched, loss_fn, train_data, steps = training_parts(params, model, shards, world, budget)
+    metrics = task_metrics(params)
     val_data = eval_loader(shards, "val", t.batch_size, num_workers=ld.num_workers)
 
     uri, run_id = config.get("tracking_uri"), config.get("mlflow_run_id")
@@ -131,7 +174,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     history: list[dict[str, Any]] = []
     start = 1
-    checkpoint = ray.train.get_checkpoint()
     monitor = None
     if rank == 0 and run_id and params.tracking.system_metrics_s > 0:
         monitor = tracking.system_metrics(uri, run_id, params.tracking.system_metrics_s, resume=checkpoint is not None)
@@ -140,21 +182,37 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             with checkpoint.as_directory() as d:
                 state = load_checkpoint(Path(d) / CHECKPOINT_FILE, model, opt, sched, map_location=device)
             start, history = state["epoch"] + 1, list(state["history"])
+            if budget is not None and budget.exhausted():
+                start = t.epochs + 1  # the budget was spent before the failure: nothing left to train
         else:
             init = evaluate(model, val_data, metrics, device, amp=t.amp, channels_last=t.channels_last)
-            history.append({"epoch": 0, **init})
+            history.append({"epoch": 0, "train/elapsed_s": 0.0, **init})
             ray.train.report({"epoch": 0, **init})
             track(history[-1])
 
+        # training wall-clock (evaluations included) from the first step on; the budget's, if there is one
+        clock = budget or TimeBudget(float("inf"), spent=history[-1].get("train/elapsed_s", 0.0))
+        clock.restart()
         for epoch in range(start, t.epochs + 1):
             tic = time.perf_counter()
             losses = train_one_epoch(
-                model, train_data, opt, loss_fn, device, sched, amp=t.amp, channels_last=t.channels_last
+                model, train_data, opt, loss_fn, device, sched, amp=t.amp, channels_last=t.channels_last, budget=budget
             )
             seconds = time.perf_counter() - tic
-            val = evaluate(model, val_data, metrics, device, amp=t.amp, channels_last=t.channels_last)
-            speed = {"train/seconds": seconds, "train/samples_per_s": steps * t.batch_size * world / seconds}
-            row = {"epoch": epoch, **{f"train/{k}": v for k, v in losses.items()}, **speed, **val}
+            last = epoch == t.epochs or (budget is not None and budget.exhausted())
+            val = {}
+            if last or epoch % t.eval_every == 0:
+                val = evaluate(model, val_data, metrics, device, amp=t.amp, channels_last=t.channels_last)
+            samples = losses.pop("steps") * t.batch_size * world
+            speed = {"train/seconds": seconds, "train/samples_per_s": samples / seconds}
+            elapsed = clock.tick()  # agreed over ranks
+            row = {
+                "epoch": epoch,
+                **{f"train/{k}": v for k, v in losses.items()},
+                **speed,
+                "train/elapsed_s": elapsed,
+                **val,
+            }
             history.append(row)
             with tempfile.TemporaryDirectory() as d:
                 ckpt = None
@@ -168,10 +226,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                         params=config["params"],
                         metrics=row,
                         history=history,
+                        elapsed_s=elapsed,
                     )
                     ckpt = ray.train.Checkpoint.from_directory(d)
                 ray.train.report(row, checkpoint=ckpt)
             track(row)
+            if last:
+                break
     finally:
         if monitor is not None:
             monitor.finish()
@@ -289,12 +350,13 @@ def prediction_panels(model: torch.nn.Module, batch: dict[str, Any], params: Par
     model.eval()
     pred = model(batch["rgb"])
     m = params.model
+    cap = model_max_depth(params)
     rows = []
     for i in range(batch["rgb"].shape[0]):
         image = denormalize(batch["rgb"][i])
         row = [image]
         if "depth" in pred:
-            row += [colorize_depth(pred["depth"][i], m.max_depth), colorize_depth(batch["depth"][i], m.max_depth)]
+            row += [colorize_depth(pred["depth"][i], cap), colorize_depth(batch["depth"][i], cap)]
         if "seg" in pred:
             row += [
                 colorize_seg(pred["seg"][i], m.num_classes, image),
@@ -314,8 +376,12 @@ def save_samples(model: torch.nn.Module, shards: str, params: Params, path: Path
     Image.fromarray(np.concatenate(prediction_panels(model, batch, params), axis=0)).save(path)
 
 
-def run(params: Params, console: Console | None = None) -> dict[str, Any]:
-    """Train, then write ``models/best.pt``, ``models/model_card.json`` and ``models/samples.png``."""
+def run(params: Params, console: Console | None = None, tags: dict[str, str] | None = None) -> dict[str, Any]:
+    """Train, then write ``models/best.pt``, ``models/model_card.json`` and ``models/samples.png``.
+
+    Args:
+        tags: extra MLflow tags of the run (e.g. the study it belongs to).
+    """
     console = console or Console()
     t = params.train
     parts = t.best_metric.split("/")
@@ -330,6 +396,7 @@ def run(params: Params, console: Console | None = None) -> dict[str, Any]:
     )
     shards = require_shards(params)
     uri = tracking.tracking_uri(params.tracking.uri)
+    extra_tags = tags
     tags = {
         "git_commit": tracking.git_commit() or "unknown",
         "data_version": data_version(shards),
@@ -338,6 +405,7 @@ def run(params: Params, console: Console | None = None) -> dict[str, Any]:
     }
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc_experiment"] = os.environ["DVC_EXP_NAME"]
+    tags.update(extra_tags or {})
     run_id = tracking.start_run(
         uri, params.tracking.experiment, run_name(params), params.flatten(), tags, artifacts=["params.yaml", "dvc.lock"]
     )

@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -30,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vista import tracking
-from vista.config import Params, ParamsError, apply_override, validate_params
+from vista.config import Params, ParamsError, validate_params, with_overrides
 
 from . import train as train_stage
 
@@ -55,10 +54,7 @@ def metric_and_mode(params: Params) -> tuple[str, str]:
 
 def trial_params(base: dict[str, Any], overrides: dict[str, Any]) -> Params:
     """The base settings with a trial's values applied, validated (the tune section stays as it was)."""
-    tree = copy.deepcopy(base)
-    for key, value in overrides.items():
-        apply_override(tree, key, value)
-    return validate_params(tree)
+    return with_overrides(base, overrides)
 
 
 def base_tree(params: Params) -> dict[str, Any]:
@@ -71,6 +67,7 @@ def base_tree(params: Params) -> dict[str, Any]:
             tree[section][key] = str(Path(value).resolve())
     tp = params.tune
     tree["train"]["epochs"] = tp.scheduler.max_epochs or params.train.epochs
+    tree["train"]["eval_every"] = 1  # the scheduler and searchers read the metric at every epoch
     if tp.workers:
         tree["train"]["workers"] = tp.workers
     if tp.resources_per_worker:
@@ -282,6 +279,7 @@ def summarize(params: Params, grid: Any, name: str, uri: str, parent: str, conso
     tracking.log_artifact_bytes(uri, parent, BEST_FILE, (out / BEST_FILE).read_bytes())
     for fname, png in plots(df, keys, metric).items():
         tracking.log_artifact_bytes(uri, parent, fname, png)
+        (out / fname).write_bytes(png)
     values = df[f"best {metric}"].dropna()
     tracking.log_metrics(uri, parent, {f"best {metric}".replace(" ", "_"): float(best[f"best {metric}"])}, step=0)
     tracking.end_run(uri, parent)

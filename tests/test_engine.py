@@ -87,7 +87,7 @@ def test_train_and_evaluate_return_named_values_and_bf16_runs() -> None:
         m, [batch, batch], opt, MultiTaskLoss(), amp=True, channels_last=True, on_step=lambda s, v: seen.append(s)
     )
     assert seen == [0, 1]
-    assert set(losses) == {"loss", "depth", "seg", "seg_aux", "normal"}
+    assert set(losses) == {"loss", "depth", "seg", "seg_aux", "normal", "steps"} and losses["steps"] == 2
     metrics = evaluate(m, [batch], TaskMetrics(("depth", "seg", "normal"), 6), amp=True)
     assert "val/seg/miou" in metrics and "val/depth/d1" in metrics and "val/normal/median" in metrics
     assert not m.training
@@ -124,3 +124,96 @@ def test_checkpoint_round_trip_weights_only(tmp_path) -> None:
     assert opt2.state_dict()["state"].keys() == opt.state_dict()["state"].keys()
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         load_checkpoint(tmp_path / "nope.pt")
+
+
+class FakeClock:
+    """``time.perf_counter`` stand-in: every read advances by ``step`` seconds after ``start``."""
+
+    def __init__(self, step: float) -> None:
+        self.now, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self) -> None:
+        self.now += self.step
+
+
+def test_time_budget_stops_training_and_drives_the_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
+    import vista.engine as engine
+
+    clock = FakeClock(3.0)
+    monkeypatch.setattr(engine.time, "perf_counter", clock)
+    budget = engine.TimeBudget(10.0)
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched = poly_schedule(opt, total_steps=1000, power=1.0, min_lr_ratio=0.0, budget=budget)
+    lrs = []
+
+    def loss_fn(pred, batch):
+        return (p * 0).sum() + pred["x"].sum() * 0, {}
+
+    class Model(torch.nn.Module):
+        def forward(self, x):
+            clock.advance()  # each step takes 3 "seconds"
+            return {"x": x.sum() * p}
+
+    def on_step(step: int, loss: float) -> None:
+        lrs.append(opt.param_groups[0]["lr"])
+
+    batches = [{"rgb": torch.ones(1, 3, 2, 2)}] * 100
+    out = train_one_epoch(Model(), batches, opt, loss_fn, scheduler=sched, on_step=on_step, budget=budget)
+    # 3, 6, 9, 12 s: the fourth step spends the budget and the pass ends there
+    assert out["steps"] == 4 and budget.exhausted()
+    # the learning rate follows the clock, not the step count (linear decay over the 10 s)
+    assert lrs == pytest.approx([0.7, 0.4, 0.1, 0.0])
+
+
+def test_time_budget_resumes_with_the_time_already_spent(monkeypatch: pytest.MonkeyPatch) -> None:
+    import vista.engine as engine
+
+    clock = FakeClock(0.0)
+    monkeypatch.setattr(engine.time, "perf_counter", clock)
+    budget = engine.TimeBudget(10.0, spent=6.0)
+    assert budget.fraction() == pytest.approx(0.6)
+    clock.now = 5.0
+    assert budget.tick() == pytest.approx(11.0) and budget.exhausted()
+    with pytest.raises(ValueError, match="time budget"):
+        engine.TimeBudget(0)
+
+
+def test_warmup_ramps_then_decays() -> None:
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched = poly_schedule(opt, total_steps=10, power=1.0, min_lr_ratio=0.0, warmup=0.2)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    # steps 0 and 1 ramp (1/2, 2/2 of the warm-up) under the decay; then plain linear decay
+    assert lrs[:4] == pytest.approx([0.5 * 1.0, 1.0 * 0.9, 0.8, 0.7])
+
+
+def test_median_frequency_weights_by_hand() -> None:
+    from vista.losses import median_frequency_weights
+
+    # class 0: 80 px in images of 200 px -> f = 0.4; class 1: 20 of 100 -> 0.2; class 2: 10 of 100 -> 0.1
+    w = median_frequency_weights([80, 20, 10, 0], [200, 100, 100, 0])
+    assert w == pytest.approx([0.2 / 0.4, 1.0, 2.0, 1.0])  # median 0.2; absent class 3 -> 1
+    with pytest.raises(ValueError, match="no labelled pixel"):
+        median_frequency_weights([0, 0], [0, 0])
+
+
+def test_class_weights_weigh_the_segmentation_loss() -> None:
+    import torch.nn.functional as F
+
+    logits = torch.randn(2, 3, 4, 4)
+    seg = torch.randint(0, 3, (2, 4, 4))
+    seg[0, 0, 0] = 255
+    w = [0.5, 1.0, 2.0]
+    loss, parts = MultiTaskLoss(ignore_index=255, class_weights=w)({"seg": logits}, {"seg": seg})
+    expected = F.cross_entropy(logits, seg, weight=torch.tensor(w), ignore_index=255)
+    assert parts["seg"].item() == pytest.approx(expected.item())
+    plain = MultiTaskLoss(ignore_index=255)({"seg": logits}, {"seg": seg})[1]["seg"]
+    assert plain.item() != pytest.approx(expected.item())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from pathlib import Path
@@ -31,10 +32,17 @@ def checkpoints(run_dir: Path) -> list[Path]:
 
 
 def smoke(tmp: Path, *extra: str):
-    return load_params(ROOT / "params.yaml", [
-        f"data.prepared_dir={tmp / 'prepared'}", f"data.shards_dir={tmp / 'shards'}",
-        f"train.storage_path={tmp / 'ray'}", f"train.models_dir={tmp / 'models'}", *extra,
-    ], profile="smoke")
+    return load_params(
+        ROOT / "params.yaml",
+        [
+            f"data.prepared_dir={tmp / 'prepared'}",
+            f"data.shards_dir={tmp / 'shards'}",
+            f"train.storage_path={tmp / 'ray'}",
+            f"train.models_dir={tmp / 'models'}",
+            *extra,
+        ],
+        profile="smoke",
+    )
 
 
 def mlflow_runs(uri: str) -> list:
@@ -94,7 +102,11 @@ def test_two_workers_train_checkpoint_and_resume(tmp_path: Path, ray_local, monk
         assert v == pytest.approx(card2["metrics"][k], rel=1e-5, abs=1e-6), k
     nested = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert nested["val"]["seg"]["miou"] == results["val/seg/miou"]
-    assert (tmp_path / "eval" / "plots" / "history.csv").read_text().splitlines()[0].startswith("epoch,val/")
+    with open(tmp_path / "eval" / "plots" / "history.csv") as f:
+        curve = list(csv.DictReader(f))
+    evaluated = [r for r in card2["history"] if "val/seg/miou" in r]
+    assert [int(r["epoch"]) for r in curve] == [r["epoch"] for r in evaluated]  # evaluated epochs only
+    assert all(float(r["val/seg/miou"]) >= 0 and r["train/elapsed_s"] != "" for r in curve[1:])
     rows = (tmp_path / "eval" / "plots" / "confusion.csv").read_text().splitlines()
     assert rows[0] == "actual,predicted,count" and len(rows) == 1 + 6 * 6
 

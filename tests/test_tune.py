@@ -19,7 +19,9 @@ from vista.config import ParamsError, load_params, validate_params
 
 pytestmark = pytest.mark.timeout(900)
 
-SPACE = "tune.search_space={model.attention.rank: {choice: [1, 2, 3, 5]}, model.attention.tau_m: {loguniform: [0.3, 3.0]}}"
+SPACE = (
+    "tune.search_space={model.attention.rank: {choice: [1, 2, 3, 5]}, model.attention.tau_m: {loguniform: [0.3, 3.0]}}"
+)
 
 
 def sweep_params(tmp: Path, *extra: str):

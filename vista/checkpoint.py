@@ -73,18 +73,21 @@ def build_model(params: Any) -> nn.Module:
     """The network that ``params.model`` (a :class:`vista.config.Params`) describes, randomly initialised
     (or with ImageNet weights when ``model.pretrained``)."""
     from vista.models import create_model
+    from vista.protocol import model_max_depth
 
     m = params.model
     return create_model(
         m.name,
         tasks=m.tasks,
         num_classes=m.num_classes,
-        max_depth=m.max_depth,
+        max_depth=model_max_depth(params),
         pretrained=m.pretrained,
         output_stride=m.output_stride,
+        grid=m.grid,
         width=m.width,
         decoder_channels=m.decoder_channels,
         aux_head=m.aux_head,
+        input_scale=m.input_scale,
         attention=m.attention.overrides(),
     )
 

@@ -34,6 +34,8 @@ class AttentionParams(_Strict):
     inference_iters: int | None = Field(None, ge=1)
     mf_iters: int | None = Field(None, ge=1)
     channel_init: Literal["uniform", "learned", "random"] | None = None
+    eval_draws: Literal["fixed", "fresh"] | None = None
+    channel_prior: bool | None = None
     sample_channels: bool | None = None
     dilations: tuple[int, ...] | None = None
     kernel_size: int | None = Field(None, ge=1)
@@ -51,12 +53,14 @@ class ModelParams(_Strict):
     name: str = "vista_r18"
     tasks: tuple[Task, ...] = ("depth", "seg", "normal")
     num_classes: int = Field(12, ge=1)
-    max_depth: float = Field(10.0, gt=0)
+    max_depth: float | None = Field(None, gt=0)  # None: the dataset's depth cap (NYU 10 m, KITTI 80 m)
     pretrained: bool = False
     output_stride: Literal[8, 16, 32] | None = None
+    grid: Literal["c2", "c3"] | None = None  # the feature grid the neck works on; None: the model's
     width: int | None = Field(None, ge=1)
     decoder_channels: int | None = Field(None, ge=1)
     aux_head: bool = True
+    input_scale: float | None = Field(None, gt=0, le=4)  # inference: the network sees its input resized by this
     attention: AttentionParams = AttentionParams()
 
     @field_validator("tasks")
@@ -111,7 +115,9 @@ class LoaderParams(_Strict):
 class TrainParams(_Strict):
     """Optimisation, and how Ray Train runs it (workers, resources, failures, storage)."""
 
-    epochs: int = Field(4, ge=1)
+    epochs: int = Field(4, ge=1)  # with time_budget_s: the most epochs
+    time_budget_s: float | None = Field(None, gt=0)  # wall-clock budget: the schedule follows the clock
+    eval_every: int = Field(1, ge=1)  # validate every N epochs (and after the last)
     batch_size: int = Field(8, ge=1)  # per worker
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
     lr: float = Field(1e-4, gt=0)
@@ -121,8 +127,11 @@ class TrainParams(_Strict):
     eps: float = Field(1e-3, gt=0)
     poly_power: float = Field(0.9, ge=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    warmup: float = Field(0.0, ge=0, lt=1)  # fraction of the schedule with a linear warm-up
+    class_weights: Literal["none", "median_freq"] | tuple[float, ...] = "none"  # segmentation CE
     amp: bool = False
     channels_last: bool = False
+    grad_compression: Literal["none", "fp16", "bf16"] = "none"  # DDP gradient all-reduce in this dtype
     loss_weights: dict[Task, float] = {"depth": 1.0, "seg": 1.0, "normal": 1.0}
     aux_weight: float = Field(0.2, ge=0)
     normal_loss: Literal["acos", "cosine"] = "acos"
@@ -148,9 +157,19 @@ class TrackingParams(_Strict):
 
 
 class EvalParams(_Strict):
-    """The evaluate stage: the split the best model is measured on (model selection used val)."""
+    """The evaluate stage: the split the best model is measured on (model selection used val), and the
+    depth protocol (range and crop) when it should differ from the dataset's."""
 
     split: str = "val"
+    depth_range: tuple[float, float] | None = None  # (min, max) metres; None: the dataset's protocol
+    depth_crop: Literal["none", "eigen", "garg"] | None = None  # None: the dataset's (NYU eigen, KITTI garg)
+
+    @field_validator("depth_range")
+    @classmethod
+    def _range(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not 0 <= v[0] < v[1]:
+            raise ValueError(f"need 0 <= min < max, got {list(v)}")
+        return v
 
 
 class RegistryParams(_Strict):
@@ -223,6 +242,32 @@ class TuneParams(_Strict):
         return space
 
 
+class StudyParams(_Strict):
+    """An equal-budget comparison (``vista study NAME``): every model × seed trained with the same settings.
+
+    ``profile`` and ``overrides`` (dotted keys) are applied to params.yaml for every run; each run then
+    sets ``model.name`` and ``train.seed``. ``metrics`` are the columns of the results table; the first
+    one is plotted against training wall-clock.
+    """
+
+    profile: str | None = None
+    models: tuple[str, ...] = Field(min_length=1)
+    seeds: tuple[int, ...] = Field((0, 1, 2), min_length=1)
+    overrides: dict[str, Any] = {}
+    model_overrides: dict[str, dict[str, Any]] = {}  # model name -> dotted overrides of its runs only
+    metrics: tuple[str, ...] = Field(("val/seg/miou",), min_length=1)
+    out_dir: str = "docs/results"  # <out_dir>/<study>/: runs.csv, summary.csv, table.md, curves.png
+    runs_dir: str = "runs/study"  # checkpoints and models of each run
+
+    @field_validator("metrics")
+    @classmethod
+    def _metric_keys(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [m for m in v if len(m.split("/")) != 3]
+        if bad:
+            raise ValueError(f"metrics {bad}: expected split/task/metric keys, e.g. val/seg/miou")
+        return v
+
+
 class Params(_Strict):
     model: ModelParams = ModelParams()
     data: DataParams = DataParams()
@@ -233,11 +278,12 @@ class Params(_Strict):
     eval: EvalParams = EvalParams()
     registry: RegistryParams = RegistryParams()
     tune: TuneParams = TuneParams()
+    studies: dict[str, StudyParams] = {}
     profiles: dict[str, dict[str, Any]] = {}
 
     def flatten(self) -> dict[str, Any]:
         """Dotted keys to scalar values (lists joined), e.g. for experiment trackers."""
-        return flatten(self.model_dump(exclude={"profiles"}))
+        return flatten(self.model_dump(exclude={"profiles", "studies"}))
 
     @model_validator(mode="after")
     def _swept_keys_exist(self) -> Params:
@@ -302,6 +348,16 @@ def _format_error(err: ValidationError, tree: Mapping[str, Any]) -> str:
         key = ".".join(str(p) for p in e["loc"])
         lines.append(f"{key}={e.get('input')!r}: {e['msg']}" if key else e["msg"].removeprefix("Value error, "))
     return "invalid params: " + "; ".join(lines)
+
+
+def with_overrides(tree: Mapping[str, Any] | Params, overrides: Mapping[str, Any]) -> Params:
+    """Settings (a nested mapping or :class:`Params`) with dotted-key ``overrides`` applied, validated."""
+    import copy
+
+    base = tree.model_dump(mode="json") if isinstance(tree, Params) else copy.deepcopy(dict(tree))
+    for key, value in overrides.items():
+        apply_override(base, key, value)
+    return validate_params(base)
 
 
 def validate_params(tree: Mapping[str, Any]) -> Params:

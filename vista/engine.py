@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -59,15 +60,72 @@ def build_optimizer(
     raise ValueError(f"optimizer={name!r}: choose adamw, adam or sgd")
 
 
+class TimeBudget:
+    """A wall-clock budget for training, the same on every DDP rank.
+
+    ``tick()`` (once per step) reads the clock; under ``torch.distributed`` the ranks agree on the
+    largest elapsed time (one scalar all-reduce), so they stop after the same step and follow the same
+    schedule. ``spent`` carries the time of earlier attempts over a resume.
+
+    Args:
+        seconds: the budget.
+        spent: seconds already used (from a checkpoint).
+    """
+
+    def __init__(self, seconds: float, spent: float = 0.0) -> None:
+        if seconds <= 0:
+            raise ValueError(f"time budget {seconds!r} s: must be > 0")
+        self.seconds = float(seconds)
+        self._spent = float(spent)
+        self._t0 = time.perf_counter()
+        self._now = self._spent
+
+    def tick(self) -> float:
+        """Elapsed seconds (agreed over ranks); also cached for :meth:`fraction` and :meth:`exhausted`."""
+        local = self._spent + time.perf_counter() - self._t0
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            t = torch.tensor([local], dtype=torch.float64)
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+            local = float(t)
+        self._now = local
+        return local
+
+    def restart(self) -> None:
+        """Start the clock now (time before this, e.g. set-up and the evaluation at init, is not spent)."""
+        self._t0 = time.perf_counter()
+        self._now = self._spent
+
+    @property
+    def elapsed(self) -> float:
+        return self._now
+
+    def fraction(self) -> float:
+        return min(1.0, self._now / self.seconds)
+
+    def exhausted(self) -> bool:
+        return self._now >= self.seconds
+
+
 def poly_schedule(
-    optimizer: torch.optim.Optimizer, total_steps: int, power: float = 0.9, min_lr_ratio: float = 0.0
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    power: float = 0.9,
+    min_lr_ratio: float = 0.0,
+    warmup: float = 0.0,
+    budget: TimeBudget | None = None,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Poly decay per step: ``lr_t = lr · (r + (1 − r)(1 − t/T)^power)`` with ``r = min_lr_ratio``."""
+    """Poly decay: ``lr = lr0 · (r + (1 − r)(1 − p)^power)`` with ``r = min_lr_ratio`` and progress
+    ``p = step / total_steps`` — or, with a ``budget``, ``p`` = the budget's elapsed fraction, so the
+    schedule ends where the time does. ``warmup``: the first fraction of ``p`` ramps linearly up to it."""
     total = max(1, total_steps)
 
     def factor(step: int) -> float:
-        frac = min(step, total) / total
-        return min_lr_ratio + (1 - min_lr_ratio) * (1 - frac) ** power
+        frac = budget.fraction() if budget is not None else min(step, total) / total
+        decay = min_lr_ratio + (1 - min_lr_ratio) * (1 - frac) ** power
+        if warmup > 0 and frac < warmup:
+            ramp = (step + 1) / (total * warmup) if budget is None else frac / warmup
+            decay *= min(1.0, max(ramp, 1e-3))
+        return decay
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
@@ -100,13 +158,16 @@ def train_one_epoch(
     channels_last: bool = False,
     max_steps: int | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    budget: TimeBudget | None = None,
 ) -> dict[str, float]:
-    """One pass over ``loader``; returns the mean of the total loss and of each task loss.
+    """One pass over ``loader``; returns the mean of the total loss and of each task loss, and
+    ``steps`` (optimiser steps taken).
 
     Args:
         amp: bf16 autocast (CPU or CUDA); the loss is computed in float32.
         max_steps: stop after this many batches.
         on_step: called with (step, loss) after each optimiser step (progress bars, logging).
+        budget: ticked after every step (before the schedule steps); the pass ends early once it is spent.
 
     Raises:
         FloatingPointError: the loss became NaN or inf (names the step).
@@ -128,6 +189,8 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if budget is not None:
+            budget.tick()
         if scheduler is not None:
             scheduler.step()
         steps += 1
@@ -135,7 +198,9 @@ def train_one_epoch(
             sums[k] = sums.get(k, 0.0) + float(v)
         if on_step is not None:
             on_step(step, float(loss.detach()))
-    return {k: v / max(1, steps) for k, v in sums.items()}
+        if budget is not None and budget.exhausted():
+            break
+    return {**{k: v / max(1, steps) for k, v in sums.items()}, "steps": float(steps)}
 
 
 @torch.no_grad()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +53,8 @@ class MultiTaskLoss(nn.Module):
         ignore_index: label id ignored by the segmentation loss.
         aux_weight: weight of the ``seg_aux`` cross-entropy when the model returns it.
         normal_kind: ``acos`` or ``cosine``.
+        class_weights: per-class weights of the segmentation cross-entropy (e.g.
+            :func:`median_frequency_weights`); ``None`` weighs every pixel alike.
     """
 
     def __init__(
@@ -61,17 +63,21 @@ class MultiTaskLoss(nn.Module):
         ignore_index: int = 255,
         aux_weight: float = 0.2,
         normal_kind: str = "acos",
+        class_weights: Sequence[float] | Tensor | None = None,
     ) -> None:
         super().__init__()
         self.weights = dict(weights or {"depth": 1.0, "seg": 1.0, "normal": 1.0})
         self.ignore_index = ignore_index
         self.aux_weight = aux_weight
         self.normal_kind = normal_kind
+        cw = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
+        self.register_buffer("class_weights", cw, persistent=False)
 
     def _ce(self, logits: Tensor, seg: Tensor) -> Tensor:
         if not (seg != self.ignore_index).any():
             return logits.sum() * 0.0  # every pixel ignored: no signal, but keep the graph
-        return F.cross_entropy(logits.float(), seg, ignore_index=self.ignore_index)
+        w = None if self.class_weights is None else self.class_weights.to(logits.device)
+        return F.cross_entropy(logits.float(), seg, weight=w, ignore_index=self.ignore_index)
 
     def forward(self, pred: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         parts: dict[str, Tensor] = {}
@@ -86,3 +92,28 @@ class MultiTaskLoss(nn.Module):
             parts["normal"] = normal_loss(pred["normal"].float(), batch["normal"], self.normal_kind)
         total = sum((self.aux_weight if k == "seg_aux" else self.weights.get(k, 1.0)) * v for k, v in parts.items())
         return total, {k: v.detach() for k, v in parts.items()}  # type: ignore[return-value]
+
+
+def median_frequency_weights(class_pixels: Sequence[int], image_pixels: Sequence[int]) -> list[float]:
+    """Median-frequency balancing (Eigen & Fergus, 2015): ``w_c = median(f) / f_c`` with
+    ``f_c = pixels of class c / labelled pixels of the images where c appears``.
+
+    Args:
+        class_pixels: pixels of each class over the training split.
+        image_pixels: per class, the labelled pixels of the training images that contain it.
+
+    Returns:
+        One weight per class; a class absent from the split gets 1.0 (it never meets the loss).
+
+    Raises:
+        ValueError: the two lists differ in length, or no class has any pixel.
+    """
+    if len(class_pixels) != len(image_pixels):
+        raise ValueError(f"class statistics disagree: {len(class_pixels)} classes vs {len(image_pixels)}")
+    freq = [c / n if c > 0 and n > 0 else None for c, n in zip(class_pixels, image_pixels, strict=True)]
+    present = sorted(f for f in freq if f is not None)
+    if not present:
+        raise ValueError("class statistics hold no labelled pixel: cannot compute median-frequency weights")
+    mid = len(present) // 2
+    median = present[mid] if len(present) % 2 else (present[mid - 1] + present[mid]) / 2
+    return [median / f if f is not None else 1.0 for f in freq]

@@ -36,9 +36,10 @@ class SegMetrics(Metric):
         present = union > 0
         iou = tp[present] / union[present]
         total = cm.sum()
+        nan = cm.new_tensor(math.nan)  # nothing labelled: no score, rather than a zero that looks real
         return {
-            "miou": iou.mean() if present.any() else cm.new_tensor(0.0),
-            "pixel_acc": tp.sum() / total if total > 0 else cm.new_tensor(0.0),
+            "miou": iou.mean() if present.any() else nan,
+            "pixel_acc": tp.sum() / total if total > 0 else nan,
         }
 
     def reset(self) -> None:
@@ -49,31 +50,65 @@ class SegMetrics(Metric):
         return self.confmat.compute()
 
 
+# Standard evaluation crops, as fractions of the image (they scale with a resized image):
+# Eigen et al. (NYU Depth v2, on 480×640: rows 45..470, cols 41..600) and Garg et al. (KITTI).
+EVAL_CROPS: dict[str, tuple[float, float, float, float]] = {
+    "eigen": (45 / 480, 471 / 480, 41 / 640, 601 / 640),
+    "garg": (0.40810811, 0.99189189, 0.03594771, 0.96405229),
+}
+
+
+def eval_crop_mask(height: int, width: int, crop: str | None, device: torch.device | str = "cpu") -> Tensor:
+    """Boolean (H, W) mask of the pixels inside the evaluation ``crop`` (``None``: every pixel).
+
+    Raises:
+        ValueError: unknown crop name.
+    """
+    mask = torch.ones(height, width, dtype=torch.bool, device=device)
+    if crop is None or crop == "none":
+        return mask
+    if crop not in EVAL_CROPS:
+        raise ValueError(f"depth evaluation crop {crop!r}: choose one of {sorted(EVAL_CROPS)} or none")
+    top, bottom, left, right = EVAL_CROPS[crop]
+    mask.zero_()
+    mask[int(top * height) : int(bottom * height), int(left * width) : int(right * width)] = True
+    return mask
+
+
 class DepthMetrics(Metric):
     """Eigen-style depth metrics, computed per image over valid pixels and averaged over images.
 
     abs_rel, sq_rel, rmse, rmse_log, log10, silog (``100·sqrt(mean d² − (mean d)²)``, d = log ratio),
-    d1–d3 (fraction with ``max(ŷ/y, y/ŷ) < 1.25^k``). Images without a valid pixel are skipped.
+    d1–d3 (fraction with ``max(ŷ/y, y/ŷ) < 1.25^k``).
+
+    The protocol of the field: a pixel counts when its ground truth lies in ``(min_depth, max_depth)``
+    and inside the evaluation ``crop`` (``eigen`` for NYU, ``garg`` for KITTI); predictions are clamped
+    to ``[min_depth, max_depth]`` first. Images without a valid pixel are skipped; when no image has one,
+    every metric is NaN (never 0, which would read as a perfect score).
     """
 
     full_state_update = False
     names = ("abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog", "d1", "d2", "d3")
 
-    def __init__(self, min_depth: float = 1e-3, max_depth: float | None = None) -> None:
+    def __init__(self, min_depth: float = 1e-3, max_depth: float | None = None, crop: str | None = None) -> None:
         super().__init__()
+        if max_depth is not None and max_depth <= min_depth:
+            raise ValueError(f"depth range ({min_depth}, {max_depth}): max_depth must exceed min_depth")
         self.min_depth = min_depth
         self.max_depth = max_depth
+        self.crop = None if crop == "none" else crop
+        eval_crop_mask(1, 1, self.crop)  # validates the name
         self.add_state("sums", default=torch.zeros(len(self.names), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("images", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, pred: Tensor, target: Tensor) -> None:  # (B, 1, H, W) each
+        region = eval_crop_mask(*target.shape[-2:], self.crop, target.device)
+        hi = self.max_depth if self.max_depth is not None else math.inf
         for p, t in zip(pred.detach().double(), target.double(), strict=True):
-            mask = valid_depth(t)
-            if self.max_depth is not None:
-                mask &= t <= self.max_depth
+            mask = valid_depth(t) & (t > self.min_depth) & (t < hi) & region
             if not mask.any():
                 continue
-            y, yh = t[mask], p[mask].clamp_min(self.min_depth)
+            y, yh = t[mask], p[mask].clamp(self.min_depth, hi)
             d = torch.log(yh) - torch.log(y)
             ratio = torch.maximum(yh / y, y / yh)
             self.sums += torch.stack(
@@ -92,7 +127,9 @@ class DepthMetrics(Metric):
             self.images += 1
 
     def compute(self) -> dict[str, Tensor]:
-        mean = self.sums / self.images.clamp_min(1)
+        if self.images == 0:
+            return {n: self.sums.new_tensor(math.nan) for n in self.names}
+        mean = self.sums / self.images
         return dict(zip(self.names, mean, strict=True))
 
 
@@ -141,11 +178,17 @@ class TaskMetrics:
     """The metrics of every task of a model; ``update(pred, batch)`` then ``compute(split)``."""
 
     def __init__(
-        self, tasks: tuple[str, ...], num_classes: int = 1, ignore_index: int = 255, max_depth: float | None = None
+        self,
+        tasks: tuple[str, ...],
+        num_classes: int = 1,
+        ignore_index: int = 255,
+        max_depth: float | None = None,
+        min_depth: float = 1e-3,
+        depth_crop: str | None = None,
     ) -> None:
         self.metrics: dict[str, Metric] = {}
         if "depth" in tasks:
-            self.metrics["depth"] = DepthMetrics(max_depth=max_depth)
+            self.metrics["depth"] = DepthMetrics(min_depth, max_depth, depth_crop)
         if "seg" in tasks:
             self.metrics["seg"] = SegMetrics(num_classes, ignore_index)
         if "normal" in tasks:

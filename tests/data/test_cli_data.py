@@ -21,8 +21,17 @@ def flat(text: str) -> str:
 
 
 def args(tmp: Path, *extra: str) -> list[str]:
-    return ["--params", str(ROOT / "params.yaml"), "--profile", "smoke",
-            "--set", f"data.prepared_dir={tmp / 'prepared'}", "--set", f"data.shards_dir={tmp / 'shards'}", *extra]
+    return [
+        "--params",
+        str(ROOT / "params.yaml"),
+        "--profile",
+        "smoke",
+        "--set",
+        f"data.prepared_dir={tmp / 'prepared'}",
+        "--set",
+        f"data.shards_dir={tmp / 'shards'}",
+        *extra,
+    ]
 
 
 def test_prepare_then_shard_synthetic(tmp_path: Path) -> None:
@@ -61,5 +70,7 @@ def test_bad_camvid_label_names_the_file_or_is_rejected(tmp_path: Path) -> None:
 
 
 def test_missing_dataset_root_is_named(tmp_path: Path) -> None:
-    r = runner.invoke(app, ["prepare", *args(tmp_path, "--set", "data.dataset=camvid", "--set", "data.root=/nope/camvid")])
+    r = runner.invoke(
+        app, ["prepare", *args(tmp_path, "--set", "data.dataset=camvid", "--set", "data.root=/nope/camvid")]
+    )
     assert r.exit_code == 1 and "/nope/camvid" in flat(r.output)

@@ -311,3 +311,16 @@ def test_shards_over_http(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_shard_index_counts_class_pixels_for_balanced_losses(tmp_path: Path) -> None:
+    a = _ok()  # class 0 everywhere (16 px)
+    b = _ok()
+    b["seg"][:2] = 1  # 8 px of class 1, 8 of class 0
+    b["seg"][0, 0] = 255  # one void pixel: counted nowhere
+    src = ArraySource({"a": a, "b": b})
+    _, shards = build(src, tmp_path, splits=("train",))
+    train = load_index(str(shards))["splits"]["train"]
+    assert train["class_pixels"] == [16 + 8, 7]
+    # labelled pixels of the images containing each class: class 0 in a (16) and b (15); class 1 in b
+    assert train["class_image_pixels"] == [16 + 15, 15]

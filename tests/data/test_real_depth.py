@@ -80,7 +80,8 @@ def test_paired_transforms_keep_depth_valid_aware(motorcycle) -> None:
     flipped = _hflip(s)
     assert torch.equal(flipped["normal"][0], -s["normal"][0].flip(-1))
     assert torch.equal(flipped["normal"][1:], s["normal"][1:].flip(-1))
-    out = TrainTransform(crop_size=(600, 800), scale_range=(1.0, 1.0), ignore_index=255,
-                         generator=torch.Generator().manual_seed(0))(s)
+    out = TrainTransform(
+        crop_size=(600, 800), scale_range=(1.0, 1.0), ignore_index=255, generator=torch.Generator().manual_seed(0)
+    )(s)
     assert out["rgb"].shape == (3, 600, 800)
     assert (out["seg"][500:] == 255).all() and (out["depth"][:, 500:] == 0).all()  # padding: ignore / invalid

@@ -13,8 +13,27 @@ from vista.data.sources.cityscapes import Cityscapes
 
 H, W = 8, 16
 # the official labelId -> trainId table, written out independently of the adapter
-OFFICIAL = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12, 26: 13,
-            27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+OFFICIAL = {
+    7: 0,
+    8: 1,
+    11: 2,
+    12: 3,
+    13: 4,
+    17: 5,
+    19: 6,
+    20: 7,
+    21: 8,
+    22: 9,
+    23: 10,
+    24: 11,
+    25: 12,
+    26: 13,
+    27: 14,
+    28: 15,
+    31: 16,
+    32: 17,
+    33: 18,
+}
 # split -> [(city, seq, frame)]; files are written in a shuffled order to check the sorting
 FRAMES = {
     "train": [("bochum", "000000", "000313"), ("aachen", "000001", "000019"), ("aachen", "000000", "000019")],

@@ -94,6 +94,25 @@ class _ShardSink:
         self._writer = self._buf = None
 
 
+class _ClassStats:
+    """Per-class pixel counts of a split (void excluded), for class-balanced losses:
+    ``class_pixels[c]`` and ``class_image_pixels[c]`` (labelled pixels of the images that contain c)."""
+
+    def __init__(self, num_classes: int, void_id: int | None) -> None:
+        self.n, self.void = num_classes, void_id
+        self.pixels = np.zeros(num_classes, np.int64)
+        self.image_pixels = np.zeros(num_classes, np.int64)
+
+    def add(self, seg: np.ndarray) -> None:
+        ids = seg.ravel().astype(np.int64)
+        counts = np.bincount(ids[ids < self.n], minlength=self.n)[: self.n]
+        self.pixels += counts
+        self.image_pixels += np.where(counts > 0, counts.sum(), 0)
+
+    def as_dict(self) -> dict[str, list[int]]:
+        return {"class_pixels": self.pixels.tolist(), "class_image_pixels": self.image_pixels.tolist()}
+
+
 def write_shards(
     source: Source,
     manifest: str | Path,
@@ -125,6 +144,7 @@ def write_shards(
         order = np.random.default_rng([seed, zlib.crc32(split.encode())]).permutation(len(split_rows))
         per_shard = min(max_samples, math.ceil(len(split_rows) / max(1, min(min_shards, len(split_rows)))))
         sink = _ShardSink(out, split, per_shard, max_bytes)
+        stats = _ClassStats(len(source.classes), source.void_id) if "seg" in source.tasks else None
         tick = progress(split, len(split_rows)) if progress else (lambda: None)
         for i in order:
             row = split_rows[int(i)]
@@ -135,6 +155,8 @@ def write_shards(
                     "since the prepare stage; re-run `vista prepare`"
                 )
             sample.setdefault("meta", {}).update({"split": split, "source": row["source"]})
+            if stats is not None and "seg" in sample:
+                stats.add(sample["seg"])
             sink.add(encode_sample(sample, rgb_format, jpeg_quality))
             tick()
         sink.close()
@@ -142,6 +164,7 @@ def write_shards(
             "samples": sum(s["samples"] for s in sink.done),
             "bytes": sum(s["bytes"] for s in sink.done),
             "shards": sink.done,
+            **(stats.as_dict() if stats is not None else {}),
         }
     index = {
         "format_version": FORMAT_VERSION,

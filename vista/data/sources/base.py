@@ -57,7 +57,10 @@ class Source:
     tasks: ClassVar[tuple[str, ...]] = ()
     classes: ClassVar[tuple[str, ...]] = ()
     void_id: ClassVar[int | None] = None
+    # depth evaluation protocol of the dataset: valid range (metres) and the standard crop
+    min_depth: ClassVar[float] = 1e-3
     max_depth: ClassVar[float | None] = None
+    eval_crop: ClassVar[str | None] = None  # "eigen" (NYU), "garg" (KITTI), None
     splits: ClassVar[tuple[str, ...]] = ("train", "val")
 
     def __init__(self, root: str | Path, **options: Any) -> None:
@@ -105,12 +108,17 @@ def source_names() -> list[str]:
     return sorted(SOURCE_MODULES)
 
 
-def get_source(name: str, root: str | Path, **options: Any) -> Source:
-    """The adapter ``name`` over the dataset at ``root``."""
+def source_class(name: str) -> type[Source]:
+    """The adapter class ``name`` (its dataset facts: tasks, classes, depth protocol), not instantiated."""
     if name not in SOURCE_MODULES:
         raise ValueError(f"data.dataset={name!r}: choose one of {source_names()}")
     importlib.import_module(f"{__package__}.{SOURCE_MODULES[name]}")
-    return _SOURCES[name](root, **options)
+    return _SOURCES[name]
+
+
+def get_source(name: str, root: str | Path, **options: Any) -> Source:
+    """The adapter ``name`` over the dataset at ``root``."""
+    return source_class(name)(root, **options)
 
 
 # -- readers shared by the adapters ---------------------------------------------------------------

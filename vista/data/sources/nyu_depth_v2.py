@@ -123,7 +123,8 @@ class NyuDepthV2(Source):
     tasks = ("depth", "seg", "normal")
     classes = CLASSES_40
     void_id = 255
-    max_depth = 10.0
+    max_depth = 10.0  # evaluation: 0.001-10 m inside the Eigen crop
+    eval_crop = "eigen"
     splits = ("train", "test")
 
     def __init__(self, root: str | Path, **options: Any) -> None:

@@ -1,0 +1,28 @@
+"""What a training run is assembled from (no Ray needed): class weights of the segmentation loss."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import ROOT
+from vista.config import load_params
+
+
+def _index(**train: object) -> dict:
+    return {"splits": {"train": {"samples": 4, **train}}}
+
+
+def test_class_weights_from_the_shard_index() -> None:
+    from pipelines.train import seg_class_weights
+
+    p = load_params(ROOT / "params.yaml", ["model.num_classes=3", "train.class_weights=median_freq"])
+    index = _index(class_pixels=[80, 20, 10], class_image_pixels=[200, 100, 100])
+    assert seg_class_weights(p, index) == pytest.approx([0.5, 1.0, 2.0])
+    with pytest.raises(ValueError, match="re-run `vista shard`"):
+        seg_class_weights(p, _index())
+    explicit = load_params(ROOT / "params.yaml", ["model.num_classes=3", "train.class_weights=[1, 2, 3]"])
+    assert seg_class_weights(explicit, _index()) == [1.0, 2.0, 3.0]
+    wrong = load_params(ROOT / "params.yaml", ["model.num_classes=4", "train.class_weights=[1, 2, 3]"])
+    with pytest.raises(ValueError, match="3 values; model.num_classes is 4"):
+        seg_class_weights(wrong, _index())
+    assert seg_class_weights(load_params(ROOT / "params.yaml"), index) is None  # `none`
