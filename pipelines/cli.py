@@ -118,6 +118,10 @@ def tune_promote(
 def study(
     name: Annotated[str, typer.Argument(help="a study of params.yaml `studies`, e.g. camvid or synthetic")],
     smoke: Annotated[bool, typer.Option("--smoke", help="seconds-long check: smoke profile, one seed")] = False,
+    seeds: Annotated[
+        list[int] | None,
+        typer.Option("--seeds", metavar="SEED", help="only these of the study's seeds (repeat the option)"),
+    ] = None,
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:
@@ -131,7 +135,7 @@ def study(
     p = _load(params, None, None)
     try:
         overrides = dict(parse_overrides(set_ or []))
-        stage.run(p, name, smoke, console, overrides)
+        stage.run(p, name, smoke, console, overrides, seeds)
     except (PrepareError, ShardError, ParamsError, FileNotFoundError, ValueError, RuntimeError) as err:
         console.print(f"[red]error:[/] {err}")
         raise typer.Exit(1) from None

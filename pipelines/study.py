@@ -97,16 +97,26 @@ def run(
     smoke: bool = False,
     console: Console | None = None,
     overrides: dict[str, Any] | None = None,
+    seeds: list[int] | None = None,
 ) -> list[dict[str, Any]]:
     """Train every model × seed of study ``name`` (skipping finished runs); write the tables and plot.
 
     Args:
         overrides: dotted settings applied to every run after the study's own (``--set``).
+        seeds: only these of the study's seeds (``--seeds``; e.g. to split a study across machines or
+            sessions); the tables then cover these seeds.
     """
     console = console or Console()
     study = study_of(params, name)
     base = params.model_dump(mode="json")
-    seeds = study.seeds[:1] if smoke else study.seeds
+    if seeds:
+        unknown = sorted(set(seeds) - set(study.seeds))
+        if unknown:
+            raise ParamsError(f"study {name!r}: seeds {unknown} not among its seeds {list(study.seeds)}")
+        seeds = [s for s in study.seeds if s in seeds]
+    else:
+        seeds = list(study.seeds)
+    seeds = seeds[:1] if smoke else seeds
     # seed-major: an interrupted study has every model at its first seeds
     plan = [(m, s, run_settings(base, study, name, m, s, smoke, overrides)) for s in seeds for m in study.models]
     for model, _, p in plan:  # fail before any training on a metric no run can report

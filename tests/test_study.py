@@ -72,6 +72,8 @@ def test_unknown_study_and_metric_fail_before_training() -> None:
     p = load_params(ROOT / "params.yaml")
     with pytest.raises(ParamsError, match="study 'nope'"):
         study.run(p, "nope")
+    with pytest.raises(ParamsError, match=r"seeds \[7\] not among its seeds \[0, 1, 2\]"):
+        study.run(p, "synthetic", seeds=[0, 7])
     with pytest.raises(ParamsError, match="split/task/metric"):
         load_params(ROOT / "params.yaml", ["studies.synthetic.metrics=[miou]"])
     bad = load_params(ROOT / "params.yaml", ["studies.synthetic.metrics=[val/normal/mean]"])
