@@ -166,6 +166,14 @@ def test_lraspp_peer_is_torchvision_with_random_init() -> None:
         torch.testing.assert_close(m.eval()(x)["seg"], ref.eval()(x)["out"])
     groups = m.param_groups()
     assert len(groups["backbone"]) + len(groups["head"]) == len(list(m.parameters()))
+    # the one change: BatchNorm running statistics follow the weights at PyTorch's default momentum
+    assert {b.momentum for b in ref.modules() if isinstance(b, torch.nn.BatchNorm2d)} == {0.01, 0.1}
+    assert {b.momentum for b in m.modules() if isinstance(b, torch.nn.BatchNorm2d)} == {0.1}
+    x2 = torch.randn(2, 3, 64, 80)
+    m.train()(x2)
+    ref.train()(x2)
+    bn, bn_ref = (next(b for b in net.modules() if isinstance(b, torch.nn.BatchNorm2d)) for net in (m, ref))
+    assert (bn.running_var - 1).abs().mean() > 5 * (bn_ref.running_var - 1).abs().mean()
     with pytest.raises(ValueError, match="segmentation model"):
         create_model("lraspp_mnv3", tasks=("depth",))
 
