@@ -147,11 +147,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         hook = default_hooks.fp16_compress_hook if t.grad_compression == "fp16" else default_hooks.bf16_compress_hook
         model.register_comm_hook(None, hook)
     checkpoint = ray.train.get_checkpoint()
-    state = None
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-    budget = TimeBudget(t.time_budget_s, spent=(state or {}).get("elapsed_s", 0.0)) if t.time_budget_s else None
+    budget = TimeBudget(t.time_budget_s) if t.time_budget_s else None  # resumed below from the checkpoint
     opt, sched, loss_fn, train_data, steps = training_parts(params, model, shards, world, budget)
     metrics = task_metrics(params)
     val_data = eval_loader(shards, "val", t.batch_size, num_workers=ld.num_workers)
@@ -182,6 +178,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             with checkpoint.as_directory() as d:
                 state = load_checkpoint(Path(d) / CHECKPOINT_FILE, model, opt, sched, map_location=device)
             start, history = state["epoch"] + 1, list(state["history"])
+            if budget is not None:
+                budget.resume(state.get("elapsed_s", 0.0))
             if budget is not None and budget.exhausted():
                 start = t.epochs + 1  # the budget was spent before the failure: nothing left to train
         else:

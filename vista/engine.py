@@ -90,6 +90,10 @@ class TimeBudget:
         self._now = local
         return local
 
+    def resume(self, spent: float) -> None:
+        """Carry ``spent`` seconds over from a checkpoint (an earlier attempt of the same run)."""
+        self._spent = self._now = float(spent)
+
     def restart(self) -> None:
         """Start the clock now (time before this, e.g. set-up and the evaluation at init, is not spent)."""
         self._t0 = time.perf_counter()
