@@ -38,6 +38,7 @@ from vista.protocol import model_max_depth, task_metrics
 from vista.visualize import colorize_depth, colorize_normals, colorize_seg, denormalize, panel
 
 CHECKPOINT_FILE = "model.pt"
+SCORE_KEY = "checkpoint/score"  # train.best_metric, NaN on epochs without an evaluation
 
 
 def run_name(params: Params) -> str:
@@ -49,7 +50,7 @@ def run_name(params: Params) -> str:
     if params.train.run_name:
         return params.train.run_name
     tree = params.model_dump(mode="json", include={"model", "data", "shard", "loader", "train"})
-    for key in ("epochs", "max_failures", "storage_path", "run_name", "models_dir"):
+    for key in ("epochs", "max_failures", "storage_path", "keep_checkpoints", "run_name", "models_dir"):
         tree["train"].pop(key, None)
     digest = hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:8]
     return f"{params.model.name}_{params.data.dataset}_{digest}"
@@ -227,7 +228,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                         elapsed_s=elapsed,
                     )
                     ckpt = ray.train.Checkpoint.from_directory(d)
-                ray.train.report(row, checkpoint=ckpt)
+                # the retention score: epochs without an evaluation rank below every evaluated one (NaN)
+                score = {SCORE_KEY: row.get(t.best_metric, float("nan"))}
+                ray.train.report({**row, **score}, checkpoint=ckpt)
             track(row)
             if last:
                 break
@@ -325,7 +328,10 @@ def fit(
             name=name or run_name(params),
             storage_path=storage if "://" in storage else str(Path(storage).resolve()),
             failure_config=FailureConfig(max_failures=t.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=None),
+            # Ray keeps the latest checkpoint (to resume from) beside the best `keep_checkpoints`
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=t.keep_checkpoints, checkpoint_score_attribute=SCORE_KEY, checkpoint_score_order=t.best_mode
+            ),
             callbacks=list(callbacks),
         ),
     )

@@ -88,8 +88,11 @@ def test_two_workers_train_checkpoint_and_resume(tmp_path: Path, ray_local, monk
     assert train.run_name(p2) == train.run_name(p)
     card2 = train.run(p2)
     assert [h["epoch"] for h in card2["history"]] == [0, 1, 2]
-    assert len(checkpoints(run_dir)) == 2  # epoch 1 was not trained again
-    assert card2["history"][1] == card["history"][1]
+    assert card2["history"][1] == card["history"][1]  # epoch 1 was not trained again
+    # retention (train.keep_checkpoints=1): the best evaluated epoch and the latest, nothing else
+    scores = {h["epoch"]: h["val/seg/miou"] for h in card2["history"][1:]}
+    kept = {torch.load(d / train.CHECKPOINT_FILE, weights_only=True)["epoch"] for d in checkpoints(run_dir)}
+    assert kept == {max(scores, key=scores.get), 2}
     (run,) = mlflow_runs(uri)  # still one MLflow run, with one continuous history
     assert [s for s, _ in run_metrics_history(uri, run.info.run_id, "val/seg/miou")] == [0, 1, 2]
 
@@ -121,6 +124,32 @@ def test_two_workers_train_checkpoint_and_resume(tmp_path: Path, ray_local, monk
 
     # other settings: another run
     assert train.run_name(smoke(tmp_path, "train.lr=1e-3")) != train.run_name(p)
+
+
+def test_checkpoint_retention_ranks_unevaluated_epochs_last(tmp_path: Path, ray_local) -> None:
+    """``keep_checkpoints=1`` with a min-mode metric and ``eval_every=2``: epoch 1 (no evaluation) is deleted,
+    not kept as the "best"; the best evaluated epoch and the latest stay, and best.pt is the best one."""
+    from pipelines import prepare, shard, train
+
+    p = smoke(
+        tmp_path,
+        "train.epochs=3",
+        "train.eval_every=2",
+        "train.best_metric=val/depth/abs_rel",
+        "train.best_mode=min",
+        "tracking.uri=sqlite:///" + str(tmp_path / "mlflow.db"),
+        "tracking.system_metrics_s=0",
+    )
+    prepare.run(p)
+    shard.run(p)
+    card = train.run(p)
+    scores = {h["epoch"]: h["val/depth/abs_rel"] for h in card["history"][1:] if "val/depth/abs_rel" in h}
+    assert sorted(scores) == [2, 3]
+    run_dir = tmp_path / "ray" / train.run_name(p)
+    kept = {torch.load(d / train.CHECKPOINT_FILE, weights_only=True)["epoch"] for d in checkpoints(run_dir)}
+    assert kept == {min(scores, key=scores.get), 3}
+    best = torch.load(tmp_path / "models" / "best.pt", weights_only=True)
+    assert best["epoch"] == min(scores, key=scores.get)
 
 
 def test_sigkilled_worker_resumes_from_the_last_checkpoint(

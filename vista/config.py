@@ -141,6 +141,7 @@ class TrainParams(_Strict):
     resources_per_worker: dict[str, float] = {"CPU": 1.0}
     max_failures: int = Field(2, ge=-1)  # worker failures to recover from (-1: no limit)
     storage_path: str = "runs/ray"  # Ray checkpoints; shared storage (NFS/S3) for multi-node
+    keep_checkpoints: int | None = Field(1, ge=1)  # best (by best_metric) kept beside the latest; None: all
     run_name: str | None = None  # None: derived from the settings, so a re-run resumes its own run
     best_metric: str = "val/seg/miou"
     best_mode: Literal["max", "min"] = "max"
