@@ -340,10 +340,9 @@ def fit(
 
 def best_checkpoint_state(result: Any, metric: str, mode: str) -> dict[str, Any]:
     """The saved state (weights, metrics, history) of the best reported checkpoint."""
-    scored = [(m[metric], c) for c, m in result.best_checkpoints if metric in m]
-    if not scored:
+    if not any(metric in m for _, m in result.best_checkpoints):
         raise ValueError(f"train.best_metric={metric!r} was never reported (reported: {sorted(result.metrics)})")
-    _, best = (max if mode == "max" else min)(scored, key=lambda x: x[0])
+    best = result.get_best_checkpoint(metric=metric, mode=mode)
     with best.as_directory() as d:
         return torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
 
