@@ -20,12 +20,40 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override,
 ProfileOpt = Annotated[str | None, typer.Option("--profile", help="profile from params.yaml (or $VISTA_PROFILE)")]
 
 
+def _fail(err: BaseException | str, code: int = 1) -> typer.Exit:
+    """Print one ``error:`` line (credentials in URIs redacted, no markup read from the message); the exit to raise."""
+    from rich.markup import escape
+
+    from vista.tracking import redact
+
+    console.print(f"[red]error:[/] {escape(redact(str(err)))}")
+    return typer.Exit(code)
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """Failures that are about the input or the environment (bad data, missing files, a dead server):
+    one ``error:`` line, no traceback. Anything else is a bug and keeps its traceback."""
+    import tarfile
+
+    from vista.data.manifest import PrepareError
+    from vista.data.shards import ShardError
+
+    errors: list[type[BaseException]] = [PrepareError, ShardError, ParamsError, OSError, ValueError, RuntimeError]
+    errors.append(tarfile.TarError)
+    try:
+        from mlflow.exceptions import MlflowException
+
+        errors.append(MlflowException)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
 def _load(params: Path, overrides: list[str] | None, profile: str | None):  # noqa: ANN202
     try:
         return load_params(params, overrides or [], profile)
     except ParamsError as err:
-        console.print(f"[red]error:[/] {err}")
-        raise typer.Exit(2) from None
+        raise _fail(err, 2) from None
 
 
 @app.command()
@@ -39,16 +67,14 @@ def _stage(module: str, params: Path, overrides: list[str] | None, profile: str 
     """Run ``pipelines.<module>.run``; expected failures (bad data, missing inputs) exit 1 with the message."""
     import importlib
 
-    from vista.data.manifest import PrepareError
-    from vista.data.shards import ShardError
-
     p = _load(params, overrides, profile)
     stage = importlib.import_module(f"{__package__}.{module}")
     try:
         stage.run(p, console)
-    except (PrepareError, ShardError, ParamsError, FileNotFoundError, ValueError, RuntimeError) as err:
-        console.print(f"[red]error:[/] {err}")
-        raise typer.Exit(1) from None
+    except Exception as err:
+        if isinstance(err, _expected_errors()):
+            raise _fail(err) from None
+        raise
 
 
 @app.command()
@@ -109,9 +135,8 @@ def tune_promote(
 
     try:
         stage.promote(params, best, write, console)
-    except (FileNotFoundError, ParamsError) as err:
-        console.print(f"[red]error:[/] {err}")
-        raise typer.Exit(1) from None
+    except (OSError, ParamsError) as err:
+        raise _fail(err) from None
 
 
 @app.command()
@@ -127,18 +152,16 @@ def study(
 ) -> None:
     """Equal-budget comparison: every model × seed of the study, then a mean ± std table and curves."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from vista.data.manifest import PrepareError
-    from vista.data.shards import ShardError
-
     from . import study as stage
 
     p = _load(params, None, None)
     try:
         overrides = dict(parse_overrides(set_ or []))
         stage.run(p, name, smoke, console, overrides, seeds)
-    except (PrepareError, ShardError, ParamsError, FileNotFoundError, ValueError, RuntimeError) as err:
-        console.print(f"[red]error:[/] {err}")
-        raise typer.Exit(1) from None
+    except Exception as err:
+        if isinstance(err, _expected_errors()):
+            raise _fail(err) from None
+        raise
 
 
 @app.command()
@@ -167,9 +190,10 @@ def predict(
         uri = tracking_uri(_load(params, None, None).tracking.uri if params.is_file() else None)
     try:
         stage.run(images, model, out, console, tracking_uri=uri)
-    except (FileNotFoundError, ValueError, SampleError) as err:
-        console.print(f"[red]error:[/] {err}")
-        raise typer.Exit(1) from None
+    except Exception as err:
+        if isinstance(err, (SampleError, *_expected_errors())):
+            raise _fail(err) from None
+        raise
 
 
 @app.command()
@@ -181,11 +205,11 @@ def ui(
     import subprocess
     import sys
 
-    from vista.tracking import tracking_uri
+    from vista.tracking import redact, tracking_uri
 
     p = _load(params, None, None)
     uri = tracking_uri(p.tracking.uri)
-    console.print(f"MLflow UI on http://127.0.0.1:{port} over {uri}")
+    console.print(f"MLflow UI on http://127.0.0.1:{port} over {redact(uri)}")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
     raise typer.Exit(subprocess.call(cmd))
 
@@ -202,8 +226,7 @@ def datasets(name: Annotated[str | None, typer.Argument(help="dataset name")] = 
             console.print(n)
         return
     if name not in SOURCE_MODULES:
-        console.print(f"[red]error:[/] unknown dataset {name!r}; choose one of {sorted(SOURCE_MODULES)}")
-        raise typer.Exit(2)
+        raise _fail(f"unknown dataset {name!r}; choose one of {sorted(SOURCE_MODULES)}", 2)
     module = importlib.import_module(f"vista.data.sources.{SOURCE_MODULES[name]}")
     console.print((module.__doc__ or "").strip())
     console.print()

@@ -26,6 +26,7 @@ def load_model(model: str | Path, tracking_uri: str | None = None) -> tuple[torc
     model = str(model)
     if model.startswith(("models:/", "runs:/")):
         uri = tracking_uri or tracking.tracking_uri()
+        tracking.check_server(uri)
         with tempfile.TemporaryDirectory() as d:
             return load_trained(tracking.download_checkpoint(uri, model, d))
     return load_trained(model)

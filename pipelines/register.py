@@ -55,6 +55,7 @@ def run(params: Params, console: Console | None = None) -> dict[str, Any]:
     reg = params.registry
     name = reg.model_name
     uri = tracking.tracking_uri(params.tracking.uri)
+    tracking.check_server(uri)
     run_id = (card.get("mlflow") or {}).get("run_id")
     if not run_id:
         raise ValueError(f"{card_path}: no MLflow run id (train with this version of vista to get one)")

@@ -56,6 +56,14 @@ def run_name(params: Params) -> str:
     return f"{params.model.name}_{params.data.dataset}_{digest}"
 
 
+def redacted_dump(params: Params) -> dict[str, Any]:
+    """The settings as JSON, with credentials removed from the tracking URI (checkpoints store this)."""
+    tree = params.model_dump(mode="json")
+    if tree["tracking"]["uri"]:
+        tree["tracking"]["uri"] = tracking.redact(tree["tracking"]["uri"])
+    return tree
+
+
 def data_version(shards: str) -> str:
     """sha256 of ``shards.json``: names exactly the data a model saw."""
     from vista.data.webdata import read_index
@@ -316,7 +324,7 @@ def fit(
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
-            "params": params.model_dump(mode="json"),
+            "params": redacted_dump(params),  # what checkpoints and cards store
             "shards": shards,
             "tracking_uri": mlflow_run[0] if mlflow_run else None,
             "mlflow_run_id": mlflow_run[1] if mlflow_run else None,
@@ -397,8 +405,9 @@ def run(params: Params, console: Console | None = None, tags: dict[str, str] | N
         f"[bold]{params.model.name}[/] on {params.data.dataset}: {t.workers} Ray Train worker(s), "
         f"{'GPU' if t.use_gpu else 'CPU'}, run {run_name(params)}"
     )
-    shards = require_shards(params)
     uri = tracking.tracking_uri(params.tracking.uri)
+    tracking.check_server(uri)
+    shards = require_shards(params)
     extra_tags = tags
     tags = {
         "git_commit": tracking.git_commit() or "unknown",
@@ -412,14 +421,17 @@ def run(params: Params, console: Console | None = None, tags: dict[str, str] | N
     run_id = tracking.start_run(
         uri, params.tracking.experiment, run_name(params), params.flatten(), tags, artifacts=["params.yaml", "dvc.lock"]
     )
-    console.print(f"MLflow run {run_id} ({uri})")
-    result, shards = fit(params, (uri, run_id))
-    if result.error:
-        tracking.end_run(uri, run_id, "FAILED")
-        raise RuntimeError(f"training failed: {result.error}")
-    best = best_checkpoint_state(result, t.best_metric, t.best_mode)
-    with result.checkpoint.as_directory() as d:
-        history = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)["history"]
+    console.print(f"MLflow run {run_id} ({tracking.redact(uri)})")
+    try:
+        result, shards = fit(params, (uri, run_id))
+        if result.error:
+            raise RuntimeError(f"training failed: {result.error}")
+        best = best_checkpoint_state(result, t.best_metric, t.best_mode)
+        with result.checkpoint.as_directory() as d:
+            history = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)["history"]
+    except BaseException as err:  # Ctrl-C included: the MLflow run must not stay RUNNING
+        tracking.end_run(uri, run_id, "FAILED", reason=f"{type(err).__name__}: {err}")
+        raise
 
     out = Path(t.models_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -437,7 +449,7 @@ def run(params: Params, console: Console | None = None, tags: dict[str, str] | N
         "params": best["params"],
         "history": history,
     }
-    card["mlflow"] = {"tracking_uri": uri, "run_id": run_id}
+    card["mlflow"] = {"tracking_uri": tracking.redact(uri), "run_id": run_id}
     (out / "model_card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
     tracking.log_artifact_bytes(uri, run_id, "model_card.json", (out / "model_card.json").read_bytes())
     tracking.end_run(uri, run_id)

@@ -159,6 +159,7 @@ def run(params: Params, console: Console | None = None) -> dict[str, Any]:
     name = sweep_name(params)
     storage = _storage(tp.storage_path)
     uri = tracking.tracking_uri(params.tracking.uri)
+    tracking.check_server(uri)
     parent = tracking.start_run(
         uri, params.tracking.experiment, name, params.flatten(), {"sweep": name, "vista.kind": "sweep"}, ["params.yaml"]
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -23,6 +24,43 @@ from typing import Any
 import numpy as np
 
 RUN_NAME_TAG = "vista.run_name"
+FAILURE_TAG = "vista.failure"  # the reason a run ended FAILED
+CHECK_TIMEOUT_S = 5.0  # how long the tracking server may take to answer before any compute starts
+
+_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def redact(text: str) -> str:
+    """Credentials in URIs removed anywhere in ``text``: ``http://user:secret@host`` -> ``http://***@host``.
+
+    Everything that leaves memory (console, MLflow params and tags, model cards, checkpoints, errors)
+    goes through this.
+    """
+    return _USERINFO.sub("***@", text)
+
+
+def check_server(uri: str, timeout_s: float = CHECK_TIMEOUT_S) -> None:
+    """An ``http(s)://`` tracking server answers its ``/health`` within ``timeout_s``, else ``ConnectionError``
+    naming it (credentials redacted). Other backends (sqlite, files, databricks) are not probed.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    url = uri.rstrip("/") + "/health"
+    try:
+        answer = requests.get(url, timeout=timeout_s)
+    except requests.RequestException as err:
+        reason = type(err).__name__
+        raise ConnectionError(
+            f"MLflow tracking server {redact(uri)} did not answer within {timeout_s:g} s ({reason}); "
+            "start it, or point tracking.uri / $MLFLOW_TRACKING_URI at a running one"
+        ) from None
+    if answer.status_code != 200:
+        raise ConnectionError(
+            f"MLflow tracking server {redact(uri)}: GET /health answered HTTP {answer.status_code}"
+            + (" (credentials refused)" if answer.status_code in (401, 403) else "")
+        )
 
 
 def tracking_uri(uri: str | None = None, root: str | os.PathLike[str] = ".") -> str:
@@ -89,12 +127,13 @@ def start_run(
     if found:
         client.set_terminated(found, "RUNNING")
         return found
-    run = client.create_run(exp_id, run_name=run_name, tags={RUN_NAME_TAG: run_name, **(tags or {})})
+    tags = {k: redact(str(v)) for k, v in (tags or {}).items()}
+    run = client.create_run(exp_id, run_name=run_name, tags={RUN_NAME_TAG: run_name, **tags})
     run_id = run.info.run_id
-    items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+    items = [Param(k, redact(str(v))[:6000]) for k, v in sorted(params.items())]
     for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
         client.log_batch(run_id, params=items[i : i + 100])
-    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
     for path in artifacts:
         if Path(path).is_file():
             client.log_artifact(run_id, str(path))
@@ -116,7 +155,7 @@ def find_run(uri: str, experiment: str, run_name: str) -> str | None:
 def set_tags(uri: str, run_id: str, tags: Mapping[str, str]) -> None:
     from mlflow.entities import RunTag
 
-    _client(uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    _client(uri).log_batch(run_id, tags=[RunTag(k, redact(str(v))) for k, v in tags.items()])
 
 
 def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float], step: int) -> None:
@@ -142,8 +181,12 @@ def log_artifact_bytes(uri: str, run_id: str, name: str, data: bytes) -> None:
         _client(uri).log_artifact(run_id, str(path))
 
 
-def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
-    _client(uri).set_terminated(run_id, status)
+def end_run(uri: str, run_id: str, status: str = "FINISHED", reason: str | None = None) -> None:
+    """Terminate the run; a FAILED run gets its ``reason`` as the tag ``vista.failure``."""
+    client = _client(uri)
+    if reason:
+        client.set_tag(run_id, FAILURE_TAG, redact(reason)[:5000])
+    client.set_terminated(run_id, status)
 
 
 def run_metrics_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
