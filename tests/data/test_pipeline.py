@@ -21,7 +21,7 @@ from vista.data.manifest import PrepareError, prepare, read_manifest, ref_of
 from vista.data.shards import ShardError, write_shards
 from vista.data.sources.base import SampleRef, Source, get_source
 from vista.data.transforms import TrainTransform
-from vista.data.webdata import eval_loader, iter_samples, load_index, train_loader
+from vista.data.webdata import eval_loader, iter_samples, load_index, shard_urls, train_loader
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -128,6 +128,112 @@ def test_no_temporary_or_partial_files_are_left(tmp_path: Path) -> None:
     src = get_source("synthetic", "", height=16, width=20, counts={"train": 4})
     _, out = build(src, tmp_path, splits=("train",), max_samples=2)
     assert not list(out.glob(".*"))
+
+
+def test_a_failed_reshard_keeps_the_previous_shards(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = get_source("synthetic", "", height=16, width=20, counts={"train": 4, "val": 2})
+    manifest, out = build(src, tmp_path, max_samples=2)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    calls = {"n": 0}
+    load = src.load
+
+    def failing_load(ref: SampleRef):  # noqa: ANN202
+        calls["n"] += 1
+        if calls["n"] == 3:  # mid-split, after a tar of the new run was written
+            raise OSError("disk gone")
+        return load(ref)
+
+    monkeypatch.setattr(src, "load", failing_load)
+    with pytest.raises(OSError, match="disk gone"):
+        write_shards(src, manifest, out, max_samples=1, min_shards=1)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared", "shards"]  # no temporary folder left
+    # and a successful re-shard replaces them
+    monkeypatch.setattr(src, "load", load)
+    write_shards(src, manifest, out, max_samples=1, min_shards=1)
+    assert len(list(out.glob("train-*.tar"))) == 4
+
+
+@pytest.mark.parametrize("bad", ["../outside.tar", "/etc/x.tar", "sub/val-000000.tar", ".hidden.tar", "x.py", 3])
+def test_index_file_entries_stay_inside_the_shard_folder(tmp_path: Path, bad: object) -> None:
+    import json
+
+    src = get_source("synthetic", "", height=16, width=20, counts={"val": 2})
+    _, out = build(src, tmp_path, splits=("val",))
+    index = json.loads((out / "shards.json").read_text())
+    index["splits"]["val"]["shards"][0]["file"] = bad
+    (out / "shards.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=r"shards\.json: shard file entry .* not a plain \.tar name"):
+        shard_urls(str(out), "val")
+
+
+def test_an_index_that_is_not_json_is_named(tmp_path: Path) -> None:
+    (tmp_path / "shards.json").write_bytes(b"\xff\xfe not json")
+    with pytest.raises(ValueError, match=r"shards\.json: not a shard index"):
+        load_index(str(tmp_path))
+
+
+def _rewrite_member(tar: Path, suffix: str, change) -> None:  # noqa: ANN001
+    """Rewrite ``tar`` with the first member ending in ``suffix`` replaced by ``change(bytes)``."""
+    import io
+    import tarfile
+
+    with tarfile.open(tar) as t:
+        members = [(m, t.extractfile(m).read()) for m in t.getmembers()]
+    done = False
+    with tarfile.open(tar, "w", format=tarfile.USTAR_FORMAT) as t:
+        for m, data in members:
+            if not done and m.name.endswith(suffix):
+                data, done = change(data), True
+                m.size = len(data)
+            t.addfile(m, io.BytesIO(data))
+
+
+def test_a_corrupt_shard_fails_the_read_naming_it(tmp_path: Path) -> None:
+    import pickle
+
+    from vista.data.webdata import ShardReadError
+
+    src = get_source("synthetic", "", height=16, width=20, counts={"val": 4})
+    _, out = build(src, tmp_path, splits=("val",), max_samples=2)
+    assert len(list(iter_samples(str(out), "val"))) == 4
+    tar = out / "val-000001.tar"
+    # 64 flipped bytes inside a normal map: still decodes, but the shard is not what was written
+    _rewrite_member(tar, "normal.npy", lambda d: d[:-64] + bytes(b ^ 0xFF for b in d[-64:]))
+    with pytest.raises(ShardReadError, match=r"val-000001\.tar: sha256 .* differs from shards\.json"):
+        list(iter_samples(str(out), "val"))
+    with pytest.raises(ShardReadError, match=r"val-000001\.tar: sha256"):
+        for _ in eval_loader(str(out), "val", batch_size=2, num_workers=2):
+            pass
+    # a truncated tar: one error naming the shard, and one that crosses process boundaries
+    tar.write_bytes(tar.read_bytes()[:700])
+    with pytest.raises(ShardReadError, match=r"val-000001\.tar: unreadable shard") as err:
+        list(iter_samples(str(out), "val"))
+    assert pickle.loads(pickle.dumps(err.value)).args == err.value.args
+
+
+def test_an_undecodable_sample_is_named_by_shard_and_key(tmp_path: Path) -> None:
+    import json
+
+    from vista.data.webdata import ShardReadError
+
+    src = get_source("synthetic", "", height=16, width=20, counts={"val": 2})
+    _, out = build(src, tmp_path, splits=("val",), max_samples=1)
+    tar = out / "val-000000.tar"
+    _rewrite_member(tar, ".png", lambda d: d[:40])  # a truncated PNG
+    index = json.loads((out / "shards.json").read_text())
+    index["splits"]["val"]["shards"][0]["sha256"] = hashlib.sha256(tar.read_bytes()).hexdigest()
+    (out / "shards.json").write_text(json.dumps(index))  # the index agrees: only the decode can fail
+    key = next(iter(tarfile_keys(tar)))
+    with pytest.raises(ShardReadError, match=rf"val-000000\.tar: sample '{key}' cannot be decoded"):
+        list(iter_samples(str(out), "val"))
+
+
+def tarfile_keys(tar: Path) -> list[str]:
+    import tarfile
+
+    with tarfile.open(tar) as t:
+        return sorted({m.name.split(".", 1)[0] for m in t.getmembers()})
 
 
 def test_changed_raw_data_is_caught_at_sharding(tmp_path: Path) -> None:

@@ -3,8 +3,8 @@
 - Samples are shuffled at sharding time with a seed (so a shard holds a mix of the dataset).
 - A shard closes at ``max_samples`` samples or before it would pass ``max_bytes``.
 - Byte-identical output for identical input and params (fixed tar headers, deterministic encoders).
-- Atomic: each tar is written to a temporary name and renamed when complete; ``shards.json`` is written
-  last, so an interrupted run never leaves a tar or an index that looks complete.
+- Atomic: the shards are written into a temporary sibling folder that replaces the output folder only
+  when every split is complete, so a failed or interrupted re-shard leaves the previous shards as they were.
 - Every sample is re-read from the source and checked against the manifest's content hash.
 """
 
@@ -15,6 +15,7 @@ import io
 import json
 import math
 import os
+import shutil
 import tarfile
 import zlib
 from collections.abc import Callable
@@ -133,10 +134,39 @@ def write_shards(
     Raises:
         ShardError: a sample's content changed since the prepare step (names the sample and its files).
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in [*out.glob("*.tar"), *out.glob(".*.tmp"), out / "shards.json"]:
-        stale.unlink(missing_ok=True)  # this folder is the stage's output: start clean
+    final = Path(out_dir)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    out = final.with_name(f".{final.name}.partial")  # same filesystem: the swap is two renames
+    shutil.rmtree(out, ignore_errors=True)  # left by an interrupted run
+    out.mkdir()
+    try:
+        index = _write_splits(
+            source, manifest, out, max_samples, max_bytes, min_shards, seed, rgb_format, jpeg_quality, progress
+        )
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    old = final.with_name(f".{final.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(out, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return index
+
+
+def _write_splits(
+    source: Source,
+    manifest: str | Path,
+    out: Path,
+    max_samples: int,
+    max_bytes: int,
+    min_shards: int,
+    seed: int,
+    rgb_format: str,
+    jpeg_quality: int,
+    progress: Callable[[str, int], Callable[[], None]] | None,
+) -> dict[str, Any]:
     rows = read_manifest(manifest)
     splits: dict[str, Any] = {}
     for split in sorted({r["split"] for r in rows}):

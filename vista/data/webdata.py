@@ -9,13 +9,18 @@ environment) and the DataLoader worker info, as WebDataset reads them.
   loader so each rank yields the same number of batches per epoch.
 - Evaluation: shards split by rank, then by worker: every sample exactly once across all of them. Fails
   fast when there are fewer shards than ranks × workers (some would get nothing and stall collectives).
+- Integrity: every shard's bytes are hashed while they stream in and checked against the sha256 that
+  ``shards.json`` records (a corrupt or swapped shard fails the read, naming it, instead of changing
+  metrics); an unreadable tar or sample raises :class:`ShardReadError` naming the shard and the key.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
+import tarfile
 import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -28,6 +33,10 @@ from .torch_dataset import to_tensors
 from .transforms import TrainTransform, normalize_rgb
 
 TensorSample = dict[str, Any]
+
+
+class ShardReadError(RuntimeError):
+    """A shard or a sample in it cannot be trusted or decoded; the message names the shard (and key)."""
 
 
 def _is_url(location: str) -> bool:
@@ -52,7 +61,21 @@ def read_index(location: str) -> bytes:
 
 def load_index(location: str) -> dict[str, Any]:
     """``shards.json`` of a local folder or URL prefix."""
-    return json.loads(read_index(location))
+    where = f"{str(location).rstrip('/')}/shards.json"
+    try:
+        index = json.loads(read_index(location))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{where}: not a shard index ({err})") from None
+    if not isinstance(index, dict) or not isinstance(index.get("splits"), dict):
+        raise ValueError(f"{where}: not a shard index (no 'splits' mapping)")
+    return index
+
+
+def _shard_file(name: Any, where: str) -> str:
+    """A shard's ``file`` entry: a plain ``*.tar`` name inside the shard folder, nothing that leaves it."""
+    if not isinstance(name, str) or not name.endswith(".tar") or name.startswith(".") or "/" in name or "\\" in name:
+        raise ValueError(f"{where}: shard file entry {name!r} is not a plain .tar name inside the shard folder")
+    return name
 
 
 def shard_urls(location: str, split: str, index: dict[str, Any] | None = None) -> list[str]:
@@ -61,7 +84,74 @@ def shard_urls(location: str, split: str, index: dict[str, Any] | None = None) -
     if split not in index["splits"]:
         raise ValueError(f"{location}: no split {split!r} in shards.json (have {sorted(index['splits'])})")
     base = str(location).rstrip("/")
-    return [f"{base}/{s['file']}" for s in index["splits"][split]["shards"]]
+    return [f"{base}/{_shard_file(s.get('file'), f'{base}/shards.json')}" for s in index["splits"][split]["shards"]]
+
+
+def shard_digests(location: str, split: str, index: dict[str, Any]) -> dict[str, str]:
+    """``{shard url: sha256}`` of ``split``, as :func:`shard_urls` names the shards."""
+    urls = shard_urls(location, split, index)
+    return {u: s.get("sha256", "") for u, s in zip(urls, index["splits"][split]["shards"], strict=True)}
+
+
+class _HashingReader:
+    """A read-only stream that hashes what passes through it (tarfile reads a stream sequentially)."""
+
+    def __init__(self, stream: Any, url: str) -> None:
+        self.stream, self.url, self.sha = stream, url, hashlib.sha256()
+
+    def __repr__(self) -> str:  # WebDataset appends the stream to its error messages
+        return self.url
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.sha.update(data)
+        return data
+
+    def hexdigest_to_end(self) -> str:
+        while chunk := self.stream.read(1 << 20):  # the tar's end padding, which tarfile leaves unread
+            self.sha.update(chunk)
+        return self.sha.hexdigest()
+
+    def close(self) -> None:
+        self.stream.close()
+
+
+def _verified_samples(digests: dict[str, str]) -> Callable[[Iterator[dict[str, Any]]], Iterator[dict[str, Any]]]:
+    """WebDataset's ``tarfile_to_samples`` with each shard's sha256 checked at its end and errors that
+    name the shard (WebDataset's own attach the open stream, which cannot cross process boundaries)."""
+
+    def files(src: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for source in wds.tariterators.url_opener(src):
+            url = source["url"]
+            reader = _HashingReader(source["stream"], url)
+            try:
+                yield from wds.tariterators.tar_file_expander([{**source, "stream": reader}])
+                digest = reader.hexdigest_to_end()
+            except (tarfile.TarError, OSError, EOFError) as err:
+                raise ShardReadError(
+                    f"{url}: unreadable shard ({type(err).__name__}: {err.args[0] if err.args else ''})"
+                ) from None
+            finally:
+                reader.close()
+            expected = digests.get(url)
+            if expected and digest != expected:
+                raise ShardReadError(
+                    f"{url}: sha256 {digest[:12]}… differs from shards.json's {expected[:12]}…: the shard changed "
+                    "or is corrupt; re-run `vista shard` (or restore it)"
+                )
+
+    def stage(src: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        return wds.tariterators.group_by_keys(files(src))
+
+    return stage
+
+
+def _decode(raw: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return decode_sample(raw)
+    except Exception as err:
+        where = f"{raw.get('__url__', '?')}: sample {raw.get('__key__', '?')!r}"
+        raise ShardReadError(f"{where} cannot be decoded ({type(err).__name__}: {err})") from None
 
 
 def distributed_info() -> tuple[int, int]:
@@ -105,7 +195,7 @@ def _strip(sample: dict[str, Any]) -> dict[str, Any]:
 
 def _train_map(transform: TrainTransform) -> Callable[[dict[str, Any]], TensorSample]:
     def fn(raw: dict[str, Any]) -> TensorSample:
-        s = decode_sample(raw)
+        s = _decode(raw)
         t = normalize_rgb(transform(to_tensors(s, normalize=False)))
         return {"key": s["key"], **t}
 
@@ -113,7 +203,7 @@ def _train_map(transform: TrainTransform) -> Callable[[dict[str, Any]], TensorSa
 
 
 def _eval_map(raw: dict[str, Any]) -> TensorSample:
-    s = decode_sample(raw)
+    s = _decode(raw)
     return {"key": s["key"], **to_tensors(_strip(s))}
 
 
@@ -144,7 +234,7 @@ def train_loader(
     transform = transform or TrainTransform()
     pipeline = wds.DataPipeline(
         wds.ResampledShards(urls, seed=seed, deterministic=True),
-        wds.tarfile_to_samples(),
+        _verified_samples(shard_digests(location, split, index)),
         _seeded_shuffle(shuffle_buffer, seed) if shuffle_buffer > 1 else wds.filters.identity,
         wds.map(_train_map(transform)),
         wds.batched(batch_size, collation_fn=_collate, partial=False),
@@ -159,14 +249,15 @@ def eval_loader(location: str, split: str, batch_size: int, num_workers: int = 0
     Raises:
         ValueError: fewer shards than ranks × workers.
     """
-    urls = shard_urls(location, split)
+    index = load_index(location)
+    urls = shard_urls(location, split, index)
     _, world = distributed_info()
     check_shard_count(len(urls), world, num_workers, split, location)
     pipeline = wds.DataPipeline(
         wds.SimpleShardList(urls),
         wds.split_by_node,
         wds.split_by_worker,
-        wds.tarfile_to_samples(),
+        _verified_samples(shard_digests(location, split, index)),
         wds.map(_eval_map),
         wds.batched(batch_size, collation_fn=_collate, partial=True),
     )
@@ -175,7 +266,10 @@ def eval_loader(location: str, split: str, batch_size: int, num_workers: int = 0
 
 def iter_samples(location: str, split: str) -> Iterator[dict[str, Any]]:
     """Decoded numpy samples of ``split`` in shard order (single process; for checks and tools)."""
+    index = load_index(location)
     pipeline = wds.DataPipeline(
-        wds.SimpleShardList(shard_urls(location, split)), wds.tarfile_to_samples(), wds.map(decode_sample)
+        wds.SimpleShardList(shard_urls(location, split, index)),
+        _verified_samples(shard_digests(location, split, index)),
+        wds.map(_decode),
     )
     yield from pipeline
