@@ -17,7 +17,9 @@ console = Console()
 
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="settings file")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override, e.g. train.epochs=2")]
-ProfileOpt = Annotated[str | None, typer.Option("--profile", help="profile from params.yaml (or $VISTA_PROFILE)")]
+ProfileOpt = Annotated[
+    str | None, typer.Option("--profile", envvar="VISTA_PROFILE", help="profile from params.yaml", show_envvar=True)
+]
 
 
 def _fail(err: BaseException | str, code: int = 1) -> typer.Exit:
@@ -174,6 +176,9 @@ def predict(
         ),
     ] = "models/best.pt",
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("predictions"),
+    max_side: Annotated[
+        int, typer.Option("--max-side", help="larger images are downscaled to this long side (bounded memory)")
+    ] = 2048,
     params: Annotated[
         Path, typer.Option("--params", "-p", help="settings file (its tracking.uri resolves models:/ URIs)")
     ] = Path("params.yaml"),
@@ -189,7 +194,7 @@ def predict(
 
         uri = tracking_uri(_load(params, None, None).tracking.uri if params.is_file() else None)
     try:
-        stage.run(images, model, out, console, tracking_uri=uri)
+        stage.run(images, model, out, console, tracking_uri=uri, max_side=max_side)
     except Exception as err:
         if isinstance(err, (SampleError, *_expected_errors())):
             raise _fail(err) from None

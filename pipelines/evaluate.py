@@ -14,11 +14,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 from rich.console import Console
 
-from vista.checkpoint import build_model
-from vista.config import Params
+from vista.checkpoint import build_trained, model_differences, read_trained
+from vista.config import Params, with_overrides
 from vista.data import shards_location
 from vista.data.webdata import eval_loader
 from vista.engine import evaluate
@@ -39,6 +38,48 @@ def nest(flat: dict[str, float]) -> dict[str, Any]:
     return out
 
 
+# the columns dvc.yaml draws: always in history.csv (empty for a task the model lacks), so that no plot
+# definition points at a missing column (DVC drops the whole plot then)
+PLOTTED = ("val/seg/miou", "val/depth/abs_rel", "val/depth/d1", "val/normal/mean")
+
+
+def write_history(history: list[dict[str, Any]], path: Path) -> None:
+    """The evaluated epochs of the training history (see ``train.eval_every``) with the training
+    wall-clock so far: ``epoch, train/elapsed_s`` and every ``val/...`` metric."""
+    keys = sorted({k for row in history for k in row if k.startswith("val/")} | set(PLOTTED))
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["epoch", "train/elapsed_s", *keys])
+        for row in history:
+            if any(k in row for k in keys):
+                w.writerow([row["epoch"], row.get("train/elapsed_s", ""), *(row.get(k, "") for k in keys)])
+
+
+def checkpoint_settings(best: Path, trained: Params, params: Params) -> Params:
+    """The settings to evaluate ``best`` with: the checkpoint's own (the network, its output range, the
+    void label), with this run's evaluation choices (``eval.*``, ``model.input_scale``, where the shards
+    are, batch size and loader workers). Settings that would change the network are refused, naming them."""
+    changed = model_differences(trained, params)
+    if changed:
+        what = "; ".join(f"{k}: trained with {a!r}, now {b!r}" for k, a, b in ((k, *v) for k, v in changed.items()))
+        raise ValueError(
+            f"{best} was trained with other settings than these ({what}); evaluation uses the model as trained: "
+            "retrain (`vista train`), or evaluate without those overrides"
+        )
+    return with_overrides(
+        trained,
+        {
+            "eval": params.eval.model_dump(mode="json"),
+            "model.input_scale": params.model.input_scale,
+            "data.prepared_dir": params.data.prepared_dir,
+            "data.shards_dir": params.data.shards_dir,
+            "train.batch_size": params.train.batch_size,
+            "train.models_dir": params.train.models_dir,
+            "loader.num_workers": params.loader.num_workers,
+        },
+    )
+
+
 def run(params: Params, console: Console | None = None) -> dict[str, Any]:
     console = console or Console()
     split = params.eval.split
@@ -46,9 +87,9 @@ def run(params: Params, console: Console | None = None) -> dict[str, Any]:
     best = models / "best.pt"
     if not best.is_file():
         raise FileNotFoundError(f"{best}: no trained model (run `vista train` or `dvc repro train`)")
-    state = torch.load(best, map_location="cpu", weights_only=True)
-    model = build_model(params)
-    model.load_state_dict(state["model"])
+    state, trained = read_trained(best)
+    params = checkpoint_settings(best, trained, params)
+    model = build_trained(best, state, params)
     metrics = task_metrics(params)
     loader = eval_loader(shards_location(params.data), split, params.train.batch_size, params.loader.num_workers)
     results = evaluate(model, loader, metrics, "cpu", split=split)
@@ -57,14 +98,7 @@ def run(params: Params, console: Console | None = None) -> dict[str, Any]:
     plots.mkdir(parents=True, exist_ok=True)
     (EVAL_DIR / "metrics.json").write_text(json.dumps(nest(results), indent=2, sort_keys=True) + "\n")
     card = json.loads((models / "model_card.json").read_text()) if (models / "model_card.json").is_file() else {}
-    history = card.get("history", [])
-    keys = sorted({k for row in history for k in row if k.startswith("val/")})
-    with open(plots / "history.csv", "w", newline="") as f:  # evaluated epochs only (see train.eval_every)
-        w = csv.writer(f)
-        w.writerow(["epoch", "train/elapsed_s", *keys])
-        for row in history:
-            if any(k in row for k in keys):
-                w.writerow([row["epoch"], row.get("train/elapsed_s", ""), *(row.get(k, "") for k in keys)])
+    write_history(card.get("history", []), plots / "history.csv")
     with open(plots / "confusion.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["actual", "predicted", "count"])

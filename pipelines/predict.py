@@ -32,6 +32,24 @@ def load_model(model: str | Path, tracking_uri: str | None = None) -> tuple[torc
     return load_trained(model)
 
 
+MAX_SIDE = 2048  # default: larger images are predicted (and written) downscaled to this long side
+
+
+def output_stems(images: Sequence[str | Path]) -> list[str]:
+    """One output name per input: its stem, or ``<stem>_<k>`` (k = 1, 2, ... in input order) for stems
+    that several inputs share (``a/x.png b/x.jpg``), so no result overwrites another."""
+    stems = [Path(p).stem for p in images]
+    counts: dict[str, int] = {}
+    out = []
+    for stem in stems:
+        if stems.count(stem) == 1:
+            out.append(stem)
+        else:
+            counts[stem] = counts.get(stem, 0) + 1
+            out.append(f"{stem}_{counts[stem]}")
+    return out
+
+
 @torch.no_grad()
 def run(
     images: Sequence[str | Path],
@@ -39,18 +57,26 @@ def run(
     out_dir: str | Path,
     console: Console | None = None,
     tracking_uri: str | None = None,
+    max_side: int = MAX_SIDE,
 ) -> list[Path]:
-    """Write ``<stem>_<task>.png`` per image and task (and ``<stem>_depth.npy``, metres) into ``out_dir``."""
+    """Write ``<stem>_<task>.png`` per image and task (and ``<stem>_depth.npy``, metres) into ``out_dir``.
+
+    Outputs have the input's size, except for images whose long side exceeds ``max_side``: those are
+    downscaled to it (aspect kept) before the model, and their outputs have that size (memory bounded).
+    """
     console = console or Console()
+    if max_side < 16:
+        raise ValueError(f"--max-side {max_side}: need at least 16 pixels")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: is a file; give a folder (created when missing)")
     model, params = load_model(model_path, tracking_uri)
     m = params.model
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    for image_path in images:
-        rgb = read_rgb(image_path)
+    for image_path, stem in zip(images, output_stems(images), strict=True):
+        rgb = read_rgb(image_path, max_side)
         pred = model(to_tensors({"rgb": rgb})["rgb"][None])
-        stem = Path(image_path).stem
         files = {}
         if "depth" in pred:
             depth = pred["depth"][0, 0].numpy()
@@ -64,5 +90,8 @@ def run(
             path = out / f"{stem}_{task}.png"
             Image.fromarray(img).save(path)
             written.append(path)
-        console.print(f"{image_path}: {', '.join(files)} -> {out}")
+        with Image.open(image_path) as im:  # the header only
+            original = im.size
+        note = f" (downscaled from {original[0]}x{original[1]})" if original != (rgb.shape[1], rgb.shape[0]) else ""
+        console.print(f"{image_path}: {', '.join(files)} -> {out / stem}_*{note}")
     return written

@@ -20,6 +20,7 @@ from typing import Any
 from rich.console import Console
 
 from vista import tracking
+from vista.checkpoint import read_trained
 from vista.config import Params, flatten
 
 from .evaluate import EVAL_DIR
@@ -46,6 +47,7 @@ def run(params: Params, console: Console | None = None) -> dict[str, Any]:
     for path, how in ((best, "vista train"), (card_path, "vista train"), (metrics_path, "vista evaluate")):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing (run `{how}` first, or `dvc repro`)")
+    _, trained = read_trained(best)  # what is registered is the model as trained, whatever params.yaml says now
     card = json.loads(card_path.read_text())
     metrics = {k: float(v) for k, v in flatten(json.loads(metrics_path.read_text()), sep="/").items()}
     key, mode = gate(params)
@@ -66,11 +68,11 @@ def run(params: Params, console: Console | None = None) -> dict[str, Any]:
         console.print(f"{best} is already registered as {name} version {version}")
         model_uri = f"models:/{name}/{version}"
     else:
-        logged = tracking.log_model(uri, run_id, best, list(params.model.tasks))
+        logged = tracking.log_model(uri, run_id, best, list(trained.model.tasks))
         tags = {
             SHA_TAG: sha,
             "data_version": card.get("data", {}).get("version", "unknown"),
-            "model": params.model.name,
+            "model": trained.model.name,
             "gate_metric": key,
             **{f"{METRIC_TAG}{k}": f"{v:.6g}" for k, v in metrics.items()},
         }
@@ -106,7 +108,7 @@ def run(params: Params, console: Console | None = None) -> dict[str, Any]:
         "name": name,
         "version": version,
         "model_uri": model_uri,
-        "tracking_uri": uri,
+        "tracking_uri": tracking.redact(uri),
         "gate": {"metric": key, "mode": mode, "value": value, "promoted": promote, "reason": reason},
         "aliases": {"challenger": version, "champion": champion},
     }

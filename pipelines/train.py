@@ -162,6 +162,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     val_data = eval_loader(shards, "val", t.batch_size, num_workers=ld.num_workers)
 
     uri, run_id = config.get("tracking_uri"), config.get("mlflow_run_id")
+    uri = tracking.from_driver(uri) if uri else None
     net = model.module if hasattr(model, "module") else model
     viz = None
     if rank == 0 and run_id and params.tracking.log_images:
@@ -274,12 +275,19 @@ def _ray_init() -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local run needs no token (loopback only)
+    runtime_env = {"env_vars": tracking.ray_env()} if tracking.ray_env() else None
     if os.environ.get("RAY_ADDRESS"):  # inside `ray job submit`, or pointed at a cluster
-        ray.init()
+        ray.init(runtime_env=runtime_env)
         return
     port = _free_port()
     os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
-    ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port, log_to_driver=True)
+    ray.init(
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=port,
+        log_to_driver=True,
+        runtime_env=runtime_env,
+    )
 
 
 def require_shards(params: Params) -> str:
@@ -320,13 +328,14 @@ def fit(
     shards = require_shards(params)
     t = params.train
     storage = storage_path or t.storage_path
+    worker_uri = tracking.for_workers(mlflow_run[0]) if mlflow_run else None  # before Ray starts: env
     _ray_init()
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "params": redacted_dump(params),  # what checkpoints and cards store
             "shards": shards,
-            "tracking_uri": mlflow_run[0] if mlflow_run else None,
+            "tracking_uri": worker_uri,
             "mlflow_run_id": mlflow_run[1] if mlflow_run else None,
         },
         scaling_config=ScalingConfig(
@@ -387,6 +396,34 @@ def save_samples(model: torch.nn.Module, shards: str, params: Params, path: Path
     Image.fromarray(np.concatenate(prediction_panels(model, batch, params), axis=0)).save(path)
 
 
+def preflight(params: Params) -> None:
+    """What can fail before Ray starts or an MLflow run opens, checked first: the metric that selects the
+    best checkpoint, the splits, and the model itself (built without downloads and run once on a small
+    input, so a bad name, kernel or dilation fails in seconds with the settings named)."""
+    from vista.config import with_overrides
+    from vista.metrics import check_metric_key
+
+    check_metric_key(params.train.best_metric, params.model.tasks, "train.best_metric")
+    if "train" not in params.data.splits or "val" not in params.data.splits:
+        raise ValueError(f"data.splits={list(params.data.splits)}: training needs the train and val splits")
+    if params.eval.split not in params.data.splits:
+        raise ValueError(f"eval.split={params.eval.split!r} is not one of data.splits {list(params.data.splits)}")
+    try:
+        model = build_model(with_overrides(params, {"model.pretrained": False})).eval()
+    except (ValueError, TypeError, KeyError) as err:
+        raise ValueError(f"model.name={params.model.name!r} cannot be built from the model settings: {err}") from None
+    size = params.loader.crop_size or (64, 96)
+    size = (min(size[0], 128), min(size[1], 128))  # the architecture check, not a benchmark
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, *size))
+    except RuntimeError as err:
+        raise ValueError(
+            f"model.name={params.model.name!r} does not run with the model settings (input {size[0]}x{size[1]}): "
+            f"{str(err).splitlines()[0]}"
+        ) from None
+
+
 def run(params: Params, console: Console | None = None, tags: dict[str, str] | None = None) -> dict[str, Any]:
     """Train, then write ``models/best.pt``, ``models/model_card.json`` and ``models/samples.png``.
 
@@ -395,12 +432,7 @@ def run(params: Params, console: Console | None = None, tags: dict[str, str] | N
     """
     console = console or Console()
     t = params.train
-    parts = t.best_metric.split("/")
-    if len(parts) != 3 or parts[0] != "val" or parts[1] not in params.model.tasks:
-        raise ValueError(
-            f"train.best_metric={t.best_metric!r}: expected val/<task>/<metric> with a task of model.tasks "
-            f"{list(params.model.tasks)}, e.g. val/depth/abs_rel (best_mode min) or val/seg/miou (max)"
-        )
+    preflight(params)
     console.print(
         f"[bold]{params.model.name}[/] on {params.data.dataset}: {t.workers} Ray Train worker(s), "
         f"{'GPU' if t.use_gpu else 'CPU'}, run {run_name(params)}"

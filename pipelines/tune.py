@@ -60,7 +60,7 @@ def trial_params(base: dict[str, Any], overrides: dict[str, Any]) -> Params:
 def base_tree(params: Params) -> dict[str, Any]:
     """What every trial starts from: the settings with the sweep's per-trial scaling applied, and local
     paths made absolute (a trial runs in its own working directory, not the project's)."""
-    tree = params.model_dump(mode="json")
+    tree = train_stage.redacted_dump(params)
     for section, key in (("data", "root"), ("data", "prepared_dir"), ("data", "shards_dir"), ("train", "models_dir")):
         value = tree[section][key]
         if value and "://" not in value:
@@ -113,7 +113,7 @@ def run_trial(config: dict[str, Any]) -> None:
 
     params = trial_params(config["base"], config["overrides"])
     trial_id = tune.get_context().get_trial_id()  # stable across Tuner.restore
-    uri, parent, sweep = config["tracking_uri"], config["parent_run_id"], config["sweep"]
+    uri, parent, sweep = tracking.from_driver(config["tracking_uri"]), config["parent_run_id"], config["sweep"]
     tags = {"mlflow.parentRunId": parent, "sweep": sweep, "trial_id": trial_id}
     tags.update({f"tune.{k}": json.dumps(v) for k, v in config["overrides"].items()})
     run_id = tracking.start_run(uri, params.tracking.experiment, f"{sweep}/{trial_id}", params.flatten(), tags)
@@ -127,7 +127,8 @@ def run_trial(config: dict[str, Any]) -> None:
         storage_path=config["train_storage"],
         callbacks=[TuneReportCallback()],
     )
-    tracking.end_run(uri, run_id, "FAILED" if result.error else "FINISHED")
+    reason = f"{type(result.error).__name__}: {result.error}" if result.error else None
+    tracking.end_run(uri, run_id, "FAILED" if result.error else "FINISHED", reason=reason)
     if result.error:
         raise RuntimeError(f"trial {trial_id} failed: {result.error}")
 
@@ -150,11 +151,10 @@ def run(params: Params, console: Console | None = None) -> dict[str, Any]:
         )
     check_space(params)
     metric, mode = metric_and_mode(params)
-    task = metric.split("/")
-    if len(task) != 3 or task[1] not in params.model.tasks:
-        raise ValueError(
-            f"tune.metric={metric!r}: expected split/task/metric with a task of {list(params.model.tasks)}"
-        )
+    from vista.metrics import check_metric_key
+
+    check_metric_key(metric, params.model.tasks, "tune.metric")
+    train_stage.preflight(params)
     train_stage.require_shards(params)
     name = sweep_name(params)
     storage = _storage(tp.storage_path)
@@ -171,11 +171,12 @@ def run(params: Params, console: Console | None = None) -> dict[str, Any]:
     # save the sweep's state within ~2 s of a change (Ray's default waits up to 10 s), so that a killed
     # driver loses no finished trial
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    worker_uri = tracking.for_workers(uri)  # Tune saves the config on disk: no credentials in it
     train_stage._ray_init()
     config = {
         "overrides": search_space(params),
         "base": base_tree(params),
-        "tracking_uri": uri,
+        "tracking_uri": worker_uri,
         "parent_run_id": parent,
         "sweep": name,
         "train_storage": str(Path(storage) / name / "_train") if "://" not in storage else f"{storage}/{name}/_train",

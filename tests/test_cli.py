@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from pipelines.cli import app
@@ -39,3 +40,27 @@ def test_best_metric_of_a_missing_task_is_refused_before_training(tmp_path: Path
     )
     assert r.exit_code == 1
     assert "train.best_metric='val/seg/miou'" in "".join(r.output.split("\n"))
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("model.name=nope", "model 'nope': choose one of"),
+        ("train.best_metric=val/seg/mIoU", "train.best_metric='val/seg/mIoU' is not a metric this model reports"),
+        ("eval.split=nope", "eval.split='nope' is not one of data.splits"),
+        ("model.attention.kernel_size=4", "must be a positive odd number"),
+    ],
+)
+def test_settings_that_cannot_train_fail_before_ray_or_mlflow(tmp_path: Path, override: str, match: str) -> None:
+    """Checked before anything starts: the smoke profile's shards do not exist here, and that is not what
+    the error says; no MLflow database was created."""
+    r = runner.invoke(
+        app,
+        ["train", "--params", str(ROOT / "params.yaml"), "--profile", "smoke"]
+        + ["--set", f"data.shards_dir={tmp_path}", "--set", f"tracking.uri=sqlite:///{tmp_path / 'm.db'}"]
+        + ["--set", override],
+    )
+    out = " ".join(r.output.split())
+    assert r.exit_code == 1, r.output
+    assert match in out and "Traceback" not in out and "no shards" not in out
+    assert not (tmp_path / "m.db").exists()

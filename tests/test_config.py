@@ -56,6 +56,17 @@ def test_overrides_are_typed_and_applied_after_the_profile() -> None:
         ("train.epochs", r"expected key=value"),
         ("train..lr=1", r"dotted keys"),
         ("train.lr.x=1", r"train\.lr is not a section"),
+        # ranges that used to validate and fail late (after Ray start-up), or pad images to gigabytes
+        ("model.attention.kernel_size=0", r"model\.attention\.kernel_size=0"),
+        ("model.attention.dilations=[0, 2]", r"model\.attention\.dilations=\[0, 2\]: .*each >= 1"),
+        ("model.attention.dilations=[]", r"model\.attention\.dilations=\[\]: .*one or more"),
+        ("loader.crop_size=[0, 0]", r"loader\.crop_size\.0=0: Input should be greater than or equal to 16"),
+        ("loader.crop_size=[9999, 9999]", r"loader\.crop_size\.0=9999: Input should be less than or equal to 4096"),
+        ("loader.scale_range=[-1, 2]", r"loader\.scale_range=\[-1, 2\]: .*0 < min <= max"),
+        ("loader.scale_range=[2, 1]", r"loader\.scale_range=\[2, 1\]: .*0 < min <= max"),
+        ("data.image_size=[0, 0]", r"data\.image_size\.0=0"),
+        ("train.resources_per_worker={CPU: -1}", r"train\.resources_per_worker\.CPU=-1"),
+        ("tune.trial_resources={CPU: -0.5}", r"tune\.trial_resources\.CPU=-0\.5"),
     ],
 )
 def test_bad_overrides_name_key_and_value(override: str, match: str) -> None:
@@ -72,6 +83,15 @@ def test_bad_files(tmp_path: Path) -> None:
         load_params(bad)
     bad.write_text("- a\n- b\n")
     with pytest.raises(ParamsError, match="expected a mapping"):
+        load_params(bad)
+    bad.write_text("# nothing but a comment\n")
+    with pytest.raises(ParamsError, match="bad.yaml: the params file is empty"):
+        load_params(bad)
+    bad.write_text("train:\n  lr: 1.0e-3\n  epochs: 2\n  lr: 1.0\n")
+    with pytest.raises(ParamsError, match="bad.yaml: not valid YAML .*duplicate key 'lr'"):
+        load_params(bad)
+    bad.write_bytes(b"train: \xff\xfe\n")
+    with pytest.raises(ParamsError, match="bad.yaml: "):
         load_params(bad)
 
 

@@ -76,3 +76,20 @@ def test_dead_tracking_server_fails_fast_in_one_redacted_line(
     import ray
 
     assert not ray.is_initialized()
+
+
+def test_credentials_reach_ray_workers_through_the_environment_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What Ray gets as task arguments (and Tune saves on disk) is redacted; workers read the real URI
+    from the environment the driver exports and passes on as Ray's runtime env."""
+    import os
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")  # restored after the test
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert tracking.for_workers("sqlite:///x.db") == "sqlite:///x.db" and tracking.ray_env() == {}
+    handed = tracking.for_workers(SECRET_URI)
+    assert handed == "http://***@127.0.0.1:9" and os.environ["MLFLOW_TRACKING_URI"] == SECRET_URI
+    assert tracking.ray_env() == {"MLFLOW_TRACKING_URI": SECRET_URI}
+    assert tracking.from_driver(handed) == SECRET_URI
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    with pytest.raises(ConnectionError, match=r"http://\*\*\*@127\.0\.0\.1:9: its credentials stay on the driver"):
+        tracking.from_driver(handed)

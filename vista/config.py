@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Task = Literal["depth", "seg", "normal"]
+_Side = Annotated[int, Field(ge=16, le=4096)]  # an image or crop side in pixels
 PROFILE_ENV = "VISTA_PROFILE"
 
 
@@ -44,6 +45,13 @@ class AttentionParams(_Strict):
     receivers: tuple[str, ...] | None = None
     tau_m: float | None = Field(None, gt=0)
     tau_v: float | None = Field(None, gt=0)
+
+    @field_validator("dilations")
+    @classmethod
+    def _dilations(cls, v: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if v is not None and (not v or min(v) < 1):
+            raise ValueError("need one or more dilations, each >= 1")
+        return v
 
     def overrides(self) -> dict[str, Any]:
         return {k: v for k, v in self.model_dump().items() if v is not None}
@@ -81,7 +89,7 @@ class DataParams(_Strict):
     root: str = ""  # the dataset's folder in its official layout (unused by synthetic)
     splits: tuple[str, ...] = ("train", "val")
     on_bad_sample: Literal["error", "skip"] = "error"
-    image_size: tuple[int, int] = (96, 128)  # synthetic only: rendered H, W
+    image_size: tuple[_Side, _Side] = (96, 128)  # synthetic only: rendered H, W
     num_train: int = Field(128, ge=1)  # synthetic only: samples per split
     num_val: int = Field(32, ge=1)
     ignore_index: int = 255
@@ -106,10 +114,17 @@ class LoaderParams(_Strict):
 
     shuffle_buffer: int = Field(256, ge=0)
     num_workers: int = Field(0, ge=0)
-    scale_range: tuple[float, float] = (0.75, 1.5)
-    crop_size: tuple[int, int] | None = None  # (H, W); None = the input size
+    scale_range: tuple[float, float] = (0.75, 1.5)  # random rescale (min, max) before the crop
+    crop_size: tuple[_Side, _Side] | None = None  # (H, W), 16..4096 each; None = the input size
     hflip: bool = True
     color_jitter: float = Field(0.2, ge=0)
+
+    @field_validator("scale_range")
+    @classmethod
+    def _scales(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1] <= 8:
+            raise ValueError(f"need 0 < min <= max <= 8, got {list(v)}")
+        return v
 
 
 class TrainParams(_Strict):
@@ -138,7 +153,7 @@ class TrainParams(_Strict):
     seed: int = 0
     workers: int = Field(2, ge=1)  # Ray Train workers (DDP ranks)
     use_gpu: bool = False  # NCCL on GPUs, gloo on CPUs
-    resources_per_worker: dict[str, float] = {"CPU": 1.0}
+    resources_per_worker: dict[str, Annotated[float, Field(ge=0)]] = {"CPU": 1.0}
     max_failures: int = Field(2, ge=-1)  # worker failures to recover from (-1: no limit)
     storage_path: str = "runs/ray"  # Ray checkpoints; shared storage (NFS/S3) for multi-node
     keep_checkpoints: int | None = Field(1, ge=1)  # best (by best_metric) kept beside the latest; None: all
@@ -213,9 +228,11 @@ class TuneParams(_Strict):
     mode: Literal["max", "min"] | None = None  # None: train.best_mode
     scheduler: SchedulerParams = SchedulerParams()
     max_concurrent_trials: int = Field(1, ge=1)
-    trial_resources: dict[str, float] = {"CPU": 0.01}  # the trial's driver (it only waits on its workers)
+    trial_resources: dict[str, Annotated[float, Field(ge=0)]] = {
+        "CPU": 0.01
+    }  # the trial's driver (it only waits on its workers)
     workers: int | None = Field(None, ge=1)  # per trial; None: train.workers
-    resources_per_worker: dict[str, float] | None = None  # None: train.resources_per_worker
+    resources_per_worker: dict[str, Annotated[float, Field(ge=0)]] | None = None  # None: train.resources_per_worker
     seed: int = 0  # searcher seed
     name: str | None = None  # None: derived from the settings (a re-run resumes the sweep)
     storage_path: str = "runs/tune"
@@ -369,6 +386,19 @@ def validate_params(tree: Mapping[str, Any]) -> Params:
         raise ParamsError(_format_error(err, tree)) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_params(
     path: str | os.PathLike[str] = "params.yaml",
     overrides: Iterable[str] = (),
@@ -389,11 +419,15 @@ def load_params(
     """
     p = Path(path)
     try:
-        tree = yaml.safe_load(p.read_text()) or {}
+        tree = yaml.load(p.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except FileNotFoundError:
         raise ParamsError(f"{p}: params file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ParamsError(f"{p}: cannot read the params file ({err})") from None
     except yaml.YAMLError as err:
         raise ParamsError(f"{p}: not valid YAML ({err})") from None
+    if tree is None:
+        raise ParamsError(f"{p}: the params file is empty (every setting would silently be a code default)")
     if not isinstance(tree, dict):
         raise ParamsError(f"{p}: expected a mapping at the top level, got {type(tree).__name__}")
     profile = profile if profile is not None else (os.environ.get(PROFILE_ENV) or None)

@@ -214,3 +214,23 @@ class TaskMetrics:
 def collect(results: Mapping[str, Mapping[str, Tensor]], split: str) -> dict[str, float]:
     """``{task: {metric: tensor}}`` -> ``{"split/task/metric": float}``."""
     return {f"{split}/{t}/{k}": float(v) for t, r in results.items() for k, v in r.items()}
+
+
+# what each task reports (the ``metric`` of ``split/task/metric``)
+METRIC_NAMES: dict[str, tuple[str, ...]] = {
+    "depth": DepthMetrics.names,
+    "seg": ("miou", "pixel_acc"),
+    "normal": ("mean", "median", "a11", "a22", "a30"),
+}
+
+
+def check_metric_key(
+    key: str, tasks: tuple[str, ...] | list[str], setting: str, splits: tuple[str, ...] = ("val",)
+) -> None:
+    """``key`` (``split/task/metric``) is one a model with ``tasks`` reports on ``splits``, else ``ValueError``
+    naming ``setting`` and the keys it could be."""
+    parts = key.split("/")
+    ok = len(parts) == 3 and parts[0] in splits and parts[1] in tasks and parts[2] in METRIC_NAMES[parts[1]]
+    if not ok:
+        valid = [f"{s}/{t}/{m}" for s in splits for t in tasks for m in METRIC_NAMES[t]]
+        raise ValueError(f"{setting}={key!r} is not a metric this model reports; choose one of {valid}")

@@ -39,6 +39,35 @@ def redact(text: str) -> str:
     return _USERINFO.sub("***@", text)
 
 
+def for_workers(uri: str) -> str:
+    """The tracking URI to hand to Ray (task arguments, Tune's saved sweep state): ``uri`` itself when
+    it has no credentials; otherwise its redacted form, with the real one exported as
+    ``$MLFLOW_TRACKING_URI`` (which a local Ray instance's workers inherit and :func:`ray_env` passes on)."""
+    if redact(uri) == uri:
+        return uri
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    return redact(uri)
+
+
+def from_driver(uri: str) -> str:
+    """In a Ray worker: the real URI behind what :func:`for_workers` handed over."""
+    if "://***@" not in uri:
+        return uri
+    env = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if redact(env) != uri:
+        raise ConnectionError(
+            f"tracking URI {uri}: its credentials stay on the driver; set MLFLOW_TRACKING_URI (with them) in the "
+            "environment of the Ray cluster's nodes"
+        )
+    return env
+
+
+def ray_env() -> dict[str, str]:
+    """Environment variables a Ray job must carry to its workers (a credentialed ``$MLFLOW_TRACKING_URI``)."""
+    env = os.environ.get("MLFLOW_TRACKING_URI", "")
+    return {"MLFLOW_TRACKING_URI": env} if env and redact(env) != env else {}
+
+
 def check_server(uri: str, timeout_s: float = CHECK_TIMEOUT_S) -> None:
     """An ``http(s)://`` tracking server answers its ``/health`` within ``timeout_s``, else ``ConnectionError``
     naming it (credentials redacted). Other backends (sqlite, files, databricks) are not probed.
@@ -347,8 +376,8 @@ def find_version(uri: str, name: str, tag: str, value: str) -> str | None:
     client = _client(uri)
     if not client.search_registered_models(filter_string=f"name = '{name}'"):
         return None
-    versions = client.search_model_versions(f"name = '{name}'")
-    hits = [int(v.version) for v in versions if v.tags.get(tag) == value]
+    versions = client.search_model_versions(f"name = '{name}' and tags.`{tag}` = '{value}'")
+    hits = [int(v.version) for v in versions]
     return str(max(hits)) if hits else None
 
 

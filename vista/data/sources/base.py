@@ -138,8 +138,36 @@ def read_image(path: str | Path, mode: str | None = None) -> np.ndarray:
         raise SampleError(f"{path}: unreadable image ({type(err).__name__}: {err})") from None
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
-    return read_image(path, "RGB")
+_WIDE_GRAY = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0, "I": 65535.0, "F": 1.0}
+
+
+def read_rgb(path: str | Path, max_side: int | None = None) -> np.ndarray:
+    """An image file as 8-bit RGB ``(H, W, 3)``.
+
+    Grayscale is repeated over the three channels; 16-bit grayscale (and 32-bit integer, read as 16-bit
+    values) is scaled from its full range to 0..255, not clipped at 255 (which turns it white); float
+    images are read as 0..1. ``max_side``: a larger image is downscaled (aspect kept) while decoding, so
+    memory stays bounded whatever the file's size.
+    """
+    try:
+        with Image.open(path) as im:
+            if max_side is not None and max(im.size) > max_side:
+                im.draft("RGB", (max_side, max_side))  # JPEG: decode at a reduced scale directly
+                scale = max_side / max(im.size)
+                size = (max(1, round(im.size[0] * scale)), max(1, round(im.size[1] * scale)))
+                im = im.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+            if im.mode in _WIDE_GRAY:
+                full = _WIDE_GRAY[im.mode]
+                gray = np.asarray(im, dtype=np.float64)
+                if im.mode == "I" and gray.max(initial=0) > 65535:
+                    full = 2.0**32 - 1
+                gray = np.clip(np.rint(gray / full * 255.0), 0, 255).astype(np.uint8)
+                return np.repeat(gray[..., None], 3, axis=2)
+            return np.array(im.convert("RGB"))
+    except FileNotFoundError:
+        raise SampleError(f"{path}: file not found") from None
+    except Exception as err:
+        raise SampleError(f"{path}: unreadable image ({type(err).__name__}: {err})") from None
 
 
 def sorted_files(folder: Path, pattern: str, what: str) -> list[Path]:
