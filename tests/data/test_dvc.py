@@ -54,3 +54,38 @@ def test_dvc_repro_reruns_only_what_changed(tmp_path: Path) -> None:
     third = run([f"{bin_dir}/dvc", "repro", "shard"], tmp_path, env)
     assert "Running stage 'shard'" in third and "Running stage 'prepare'" not in third
     assert tar.read_bytes() != before  # 2 samples per shard now
+
+
+def test_dvc_plots_draw_every_declared_curve_and_the_confusion_counts(tmp_path: Path) -> None:
+    """`dvc plots show` over what the evaluate stage writes, for a segmentation-only model: every plot of
+    dvc.yaml renders (no missing column), and the confusion template sums the stored counts."""
+    import json
+
+    from pipelines.evaluate import write_history
+
+    shutil.copy(ROOT / "dvc.yaml", tmp_path)
+    shutil.copy(ROOT / "params.yaml", tmp_path)
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1"}
+    run(["git", "init", "-q"], tmp_path, env)
+    run([f"{bin_dir}/dvc", "init", "-q"], tmp_path, env)
+    shutil.copytree(ROOT / ".dvc" / "plots", tmp_path / ".dvc" / "plots")
+    plots = tmp_path / "eval" / "plots"
+    plots.mkdir(parents=True)
+    history = [{"epoch": e, "train/elapsed_s": 10.0 * e, "val/seg/miou": 0.1 * e} for e in range(3)]
+    write_history(history, plots / "history.csv")
+    (plots / "confusion.csv").write_text("actual,predicted,count\n0,0,900\n0,1,100\n1,0,0\n1,1,50\n")
+
+    out = json.loads(run([f"{bin_dir}/dvc", "plots", "show", "--json"], tmp_path, env))
+    assert not out.get("errors"), out.get("errors")
+    specs = {name: entries[0]["content"] for name, entries in out["data"].items()}
+    assert set(specs) >= {
+        "val segmentation mIoU",
+        "val depth (abs_rel, d1)",
+        "val normals mean angle (deg)",
+        "segmentation confusion (val)",
+    }
+    confusion = json.dumps(specs["segmentation confusion (val)"])
+    assert '"op": "sum", "field": "pixels_in_row"' in confusion and '"count": "900"' in confusion
+    miou = specs["val segmentation mIoU"]["data"]["values"]
+    assert [float(v["val/seg/miou"]) for v in miou] == [0.0, 0.1, 0.2]
