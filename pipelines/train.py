@@ -275,7 +275,8 @@ def _ray_init() -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local run needs no token (loopback only)
-    runtime_env = {"env_vars": tracking.ray_env()} if tracking.ray_env() else None
+    env_vars = tracking.ray_env()
+    runtime_env = {"env_vars": env_vars} if env_vars else None
     if os.environ.get("RAY_ADDRESS"):  # inside `ray job submit`, or pointed at a cluster
         ray.init(runtime_env=runtime_env)
         return

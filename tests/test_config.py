@@ -74,24 +74,25 @@ def test_bad_overrides_name_key_and_value(override: str, match: str) -> None:
         load_params(PARAMS, [override])
 
 
-def test_bad_files(tmp_path: Path) -> None:
+def test_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ParamsError, match="nope.yaml: params file not found"):
         load_params(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        (b"model: [unclosed\n", "bad.yaml: not valid YAML"),
+        (b"- a\n- b\n", "expected a mapping"),
+        (b"# nothing but a comment\n", "bad.yaml: the params file is empty"),
+        (b"train:\n  lr: 1.0e-3\n  epochs: 2\n  lr: 1.0\n", "bad.yaml: not valid YAML .*duplicate key 'lr'"),
+        (b"train: \xff\xfe\n", "bad.yaml: "),
+    ],
+)
+def test_bad_files(tmp_path: Path, content: bytes, match: str) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("model: [unclosed\n")
-    with pytest.raises(ParamsError, match="bad.yaml: not valid YAML"):
-        load_params(bad)
-    bad.write_text("- a\n- b\n")
-    with pytest.raises(ParamsError, match="expected a mapping"):
-        load_params(bad)
-    bad.write_text("# nothing but a comment\n")
-    with pytest.raises(ParamsError, match="bad.yaml: the params file is empty"):
-        load_params(bad)
-    bad.write_text("train:\n  lr: 1.0e-3\n  epochs: 2\n  lr: 1.0\n")
-    with pytest.raises(ParamsError, match="bad.yaml: not valid YAML .*duplicate key 'lr'"):
-        load_params(bad)
-    bad.write_bytes(b"train: \xff\xfe\n")
-    with pytest.raises(ParamsError, match="bad.yaml: "):
+    bad.write_bytes(content)
+    with pytest.raises(ParamsError, match=match):
         load_params(bad)
 
 

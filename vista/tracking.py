@@ -148,7 +148,7 @@ def start_run(
     Returns:
         The MLflow run id.
     """
-    from mlflow.entities import Param, RunTag
+    from mlflow.entities import Param
 
     client = _client(uri)
     exp_id = experiment_id(uri, experiment)
@@ -162,7 +162,6 @@ def start_run(
     items = [Param(k, redact(str(v))[:6000]) for k, v in sorted(params.items())]
     for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
         client.log_batch(run_id, params=items[i : i + 100])
-    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
     for path in artifacts:
         if Path(path).is_file():
             client.log_artifact(run_id, str(path))

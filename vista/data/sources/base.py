@@ -17,8 +17,9 @@ Loading errors raise :class:`SampleError` naming the file.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -124,18 +125,25 @@ def get_source(name: str, root: str | Path, **options: Any) -> Source:
 # -- readers shared by the adapters ---------------------------------------------------------------
 
 
-def read_image(path: str | Path, mode: str | None = None) -> np.ndarray:
-    """Decode an image file; ``mode`` converts (``RGB``), ``None`` keeps the stored values (labels, 16-bit)."""
+@contextlib.contextmanager
+def _open_image(path: str | Path) -> Iterator[Image.Image]:
+    """An open image file; failing to find, read or decode it raises :class:`SampleError` naming the file."""
     try:
         with Image.open(path) as im:
-            im.load()
-            if mode is not None:
-                im = im.convert(mode)
-            return np.array(im)  # writable (torch.from_numpy warns on read-only arrays)
+            yield im
     except FileNotFoundError:
         raise SampleError(f"{path}: file not found") from None
     except Exception as err:
         raise SampleError(f"{path}: unreadable image ({type(err).__name__}: {err})") from None
+
+
+def read_image(path: str | Path, mode: str | None = None) -> np.ndarray:
+    """Decode an image file; ``mode`` converts (``RGB``), ``None`` keeps the stored values (labels, 16-bit)."""
+    with _open_image(path) as im:
+        im.load()
+        if mode is not None:
+            im = im.convert(mode)
+        return np.array(im)  # writable (torch.from_numpy warns on read-only arrays)
 
 
 _WIDE_GRAY = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0, "I": 65535.0, "F": 1.0}
@@ -149,25 +157,20 @@ def read_rgb(path: str | Path, max_side: int | None = None) -> np.ndarray:
     images are read as 0..1. ``max_side``: a larger image is downscaled (aspect kept) while decoding, so
     memory stays bounded whatever the file's size.
     """
-    try:
-        with Image.open(path) as im:
-            if max_side is not None and max(im.size) > max_side:
-                im.draft("RGB", (max_side, max_side))  # JPEG: decode at a reduced scale directly
-                scale = max_side / max(im.size)
-                size = (max(1, round(im.size[0] * scale)), max(1, round(im.size[1] * scale)))
-                im = im.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
-            if im.mode in _WIDE_GRAY:
-                full = _WIDE_GRAY[im.mode]
-                gray = np.asarray(im, dtype=np.float64)
-                if im.mode == "I" and gray.max(initial=0) > 65535:
-                    full = 2.0**32 - 1
-                gray = np.clip(np.rint(gray / full * 255.0), 0, 255).astype(np.uint8)
-                return np.repeat(gray[..., None], 3, axis=2)
-            return np.array(im.convert("RGB"))
-    except FileNotFoundError:
-        raise SampleError(f"{path}: file not found") from None
-    except Exception as err:
-        raise SampleError(f"{path}: unreadable image ({type(err).__name__}: {err})") from None
+    with _open_image(path) as im:
+        if max_side is not None and max(im.size) > max_side:
+            im.draft("RGB", (max_side, max_side))  # JPEG: decode at a reduced scale directly
+            scale = max_side / max(im.size)
+            size = (max(1, round(im.size[0] * scale)), max(1, round(im.size[1] * scale)))
+            im = im.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+        if im.mode in _WIDE_GRAY:
+            full = _WIDE_GRAY[im.mode]
+            gray = np.asarray(im, dtype=np.float64)
+            if im.mode == "I" and gray.max(initial=0) > 65535:
+                full = 2.0**32 - 1
+            gray = np.clip(np.rint(gray / full * 255.0), 0, 255).astype(np.uint8)
+            return np.repeat(gray[..., None], 3, axis=2)
+        return np.array(im.convert("RGB"))
 
 
 def sorted_files(folder: Path, pattern: str, what: str) -> list[Path]:
