@@ -58,7 +58,8 @@ def write_history(history: list[dict[str, Any]], path: Path) -> None:
 def checkpoint_settings(best: Path, trained: Params, params: Params) -> Params:
     """The settings to evaluate ``best`` with: the checkpoint's own (the network, its output range, the
     void label), with this run's evaluation choices (``eval.*``, ``model.input_scale``, where the shards
-    are, batch size and loader workers). Settings that would change the network are refused, naming them."""
+    are and what to do with a bad sample in them, batch size and loader workers). Settings that would
+    change the network are refused, naming them."""
     changed = model_differences(trained, params)
     if changed:
         what = "; ".join(f"{k}: trained with {a!r}, now {b!r}" for k, a, b in ((k, *v) for k, v in changed.items()))
@@ -73,6 +74,7 @@ def checkpoint_settings(best: Path, trained: Params, params: Params) -> Params:
             "model.input_scale": params.model.input_scale,
             "data.prepared_dir": params.data.prepared_dir,
             "data.shards_dir": params.data.shards_dir,
+            "data.on_bad_sample": params.data.on_bad_sample,
             "train.batch_size": params.train.batch_size,
             "train.models_dir": params.train.models_dir,
             "loader.num_workers": params.loader.num_workers,
@@ -91,7 +93,13 @@ def run(params: Params, console: Console | None = None) -> dict[str, Any]:
     params = checkpoint_settings(best, trained, params)
     model = build_trained(best, state, params)
     metrics = task_metrics(params)
-    loader = eval_loader(shards_location(params.data), split, params.train.batch_size, params.loader.num_workers)
+    loader = eval_loader(
+        shards_location(params.data),
+        split,
+        params.train.batch_size,
+        params.loader.num_workers,
+        on_bad_sample=params.data.on_bad_sample,
+    )
     results = evaluate(model, loader, metrics, "cpu", split=split)
 
     plots = EVAL_DIR / "plots"

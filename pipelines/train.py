@@ -124,7 +124,13 @@ def training_parts(
         ignore_index=params.data.ignore_index,
     )
     data = train_loader(
-        shards, t.batch_size, transform, num_workers=ld.num_workers, shuffle_buffer=ld.shuffle_buffer, seed=t.seed
+        shards,
+        t.batch_size,
+        transform,
+        num_workers=ld.num_workers,
+        shuffle_buffer=ld.shuffle_buffer,
+        seed=t.seed,
+        on_bad_sample=params.data.on_bad_sample,
     )
     return opt, sched, loss_fn, data, steps
 
@@ -159,14 +165,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     budget = TimeBudget(t.time_budget_s) if t.time_budget_s else None  # resumed below from the checkpoint
     opt, sched, loss_fn, train_data, steps = training_parts(params, model, shards, world, budget)
     metrics = task_metrics(params)
-    val_data = eval_loader(shards, "val", t.batch_size, num_workers=ld.num_workers)
+    skip = params.data.on_bad_sample
+    val_data = eval_loader(shards, "val", t.batch_size, num_workers=ld.num_workers, on_bad_sample=skip)
 
     uri, run_id = config.get("tracking_uri"), config.get("mlflow_run_id")
     uri = tracking.from_driver(uri) if uri else None
     net = model.module if hasattr(model, "module") else model
     viz = None
     if rank == 0 and run_id and params.tracking.log_images:
-        viz = next(iter(eval_loader(shards, "val", params.tracking.log_images)))
+        viz = first_batch(eval_loader(shards, "val", params.tracking.log_images, on_bad_sample=skip))
         viz["rgb"] = viz["rgb"].to(device)
 
     def track(row: dict[str, Any]) -> None:
@@ -365,6 +372,15 @@ def best_checkpoint_state(result: Any, metric: str, mode: str) -> dict[str, Any]
         return torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
 
 
+def first_batch(loader: Any) -> dict[str, Any]:
+    """The first batch that holds samples (with ``data.on_bad_sample: skip`` one may hold only the names
+    of dropped samples)."""
+    for batch in loader:
+        if "rgb" in batch:
+            return batch
+    raise ValueError("the val split has no usable sample")
+
+
 @torch.no_grad()
 def prediction_panels(model: torch.nn.Module, batch: dict[str, Any], params: Params) -> list[np.ndarray]:
     """One uint8 image per sample: the input, then prediction and ground truth of each task."""
@@ -393,7 +409,7 @@ def save_samples(model: torch.nn.Module, shards: str, params: Params, path: Path
     """The prediction panels of the first ``n`` val images, stacked, as a PNG."""
     from vista.data.webdata import eval_loader
 
-    batch = next(iter(eval_loader(shards, "val", n)))
+    batch = first_batch(eval_loader(shards, "val", n, on_bad_sample=params.data.on_bad_sample))
     Image.fromarray(np.concatenate(prediction_panels(model, batch, params), axis=0)).save(path)
 
 

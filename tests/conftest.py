@@ -50,3 +50,39 @@ def device(request: pytest.FixtureRequest) -> torch.device:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+def rewrite_member(tar: Path, suffix: str, change, nth: int = 0) -> str:  # noqa: ANN001
+    """Rewrite ``tar`` with its ``nth`` member ending in ``suffix`` replaced by ``change(bytes)``; returns
+    that member's sample key."""
+    import io
+    import tarfile
+
+    with tarfile.open(tar) as t:
+        members = [(m, t.extractfile(m).read()) for m in t.getmembers()]
+    hits = [m.name for m, _ in members if m.name.endswith(suffix)]
+    target = hits[nth]
+    with tarfile.open(tar, "w", format=tarfile.USTAR_FORMAT) as t:
+        for m, data in members:
+            if m.name == target:
+                data = change(data)
+                m.size = len(data)
+            t.addfile(m, io.BytesIO(data))
+    return target.split(".", 1)[0]
+
+
+def break_sample(shards: Path, tar_name: str, nth: int = 0) -> str:
+    """Truncate the PNG of the ``nth`` sample in ``shards/tar_name`` and record the tar's new sha256 in
+    ``shards.json``, so that only decoding that sample can fail; returns its key."""
+    import hashlib
+    import json
+
+    tar = shards / tar_name
+    key = rewrite_member(tar, ".png", lambda d: d[:40], nth)
+    index = json.loads((shards / "shards.json").read_text())
+    for split in index["splits"].values():
+        for entry in split["shards"]:
+            if entry["file"] == tar_name:
+                entry["sha256"] = hashlib.sha256(tar.read_bytes()).hexdigest()
+    (shards / "shards.json").write_text(json.dumps(index))
+    return key

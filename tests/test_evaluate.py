@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipelines import evaluate, prepare, shard
-from tests.conftest import ROOT
+from tests.conftest import ROOT, break_sample
 from vista.checkpoint import build_model
 from vista.config import Params, load_params, with_overrides
 
@@ -60,3 +60,15 @@ def test_evaluation_choices_apply_to_the_trained_model(trained: Params) -> None:
     assert scaled["val/depth/abs_rel"] != base["val/depth/abs_rel"]
     assert capped["val/depth/abs_rel"] != base["val/depth/abs_rel"]
     assert capped["val/seg/miou"] == base["val/seg/miou"]
+
+
+def test_a_bad_val_sample_fails_by_name_or_is_skipped_and_counted(trained: Params) -> None:
+    from vista.data.webdata import ShardReadError
+
+    shards = Path(trained.data.shards_dir) / trained.data.dataset
+    key = break_sample(shards, "val-000000.tar")
+    with pytest.raises(ShardReadError, match=rf"val-000000\.tar: sample '{key}' cannot be decoded"):
+        evaluate.run(trained)
+    results = evaluate.run(with_overrides(trained, {"data.on_bad_sample": "skip"}))
+    assert results["val/skipped_samples"] == 1.0
+    assert json.loads(Path("eval/metrics.json").read_text())["val"]["skipped_samples"] == 1.0

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, break_sample
 from vista.config import load_params
 
 pytestmark = pytest.mark.timeout(600)
@@ -128,20 +128,28 @@ def test_two_workers_train_checkpoint_and_resume(tmp_path: Path, ray_local, monk
 
 def test_checkpoint_retention_ranks_unevaluated_epochs_last(tmp_path: Path, ray_local) -> None:
     """``keep_checkpoints=1`` with a min-mode metric and ``eval_every=2``: epoch 1 (no evaluation) is deleted,
-    not kept as the "best"; the best evaluated epoch and the latest stay, and best.pt is the best one."""
+    not kept as the "best"; the best evaluated epoch and the latest stay, and best.pt is the best one.
+    The same run has a bad sample in each split and ``data.on_bad_sample=skip``: they are dropped and
+    counted (MLflow metrics ``train/skipped_samples`` and ``val/skipped_samples``), the run finishes."""
     from pipelines import prepare, shard, train
+    from vista.tracking import run_metrics_history
 
+    uri = "sqlite:///" + str(tmp_path / "mlflow.db")
     p = smoke(
         tmp_path,
         "train.epochs=3",
         "train.eval_every=2",
         "train.best_metric=val/depth/abs_rel",
         "train.best_mode=min",
-        "tracking.uri=sqlite:///" + str(tmp_path / "mlflow.db"),
+        f"tracking.uri={uri}",
         "tracking.system_metrics_s=0",
+        "data.on_bad_sample=skip",
     )
     prepare.run(p)
     shard.run(p)
+    shards = tmp_path / "shards" / "synthetic"
+    break_sample(shards, "train-000000.tar")
+    break_sample(shards, "val-000000.tar")
     card = train.run(p)
     scores = {h["epoch"]: h["val/depth/abs_rel"] for h in card["history"][1:] if "val/depth/abs_rel" in h}
     assert sorted(scores) == [2, 3]
@@ -150,6 +158,12 @@ def test_checkpoint_retention_ranks_unevaluated_epochs_last(tmp_path: Path, ray_
     assert kept == {min(scores, key=scores.get), 3}
     best = torch.load(tmp_path / "models" / "best.pt", weights_only=True)
     assert best["epoch"] == min(scores, key=scores.get)
+
+    (run,) = mlflow_runs(uri)
+    # the val split (one shard per rank) is read whole at init and at epochs 2 and 3: one bad sample each time
+    assert run_metrics_history(uri, run.info.run_id, "val/skipped_samples") == [(0, 1.0), (2, 1.0), (3, 1.0)]
+    train_skips = run_metrics_history(uri, run.info.run_id, "train/skipped_samples")
+    assert [s for s, _ in train_skips] == [1, 2, 3] and sum(v for _, v in train_skips) >= 1
 
 
 def test_sigkilled_worker_resumes_from_the_last_checkpoint(

@@ -134,6 +134,26 @@ def poly_schedule(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+SKIPPED = "skipped"  # a batch's list of the samples a loader dropped (data.on_bad_sample: skip)
+
+
+def _skipped(batch: Batch, count: int | None) -> int | None:
+    """Add the batch's dropped samples to ``count`` (``None`` while no batch has carried the list)."""
+    if SKIPPED not in batch:
+        return count
+    return (count or 0) + len(batch[SKIPPED])
+
+
+def _skipped_over_ranks(count: int | None) -> int | None:
+    """The dropped samples of all ranks (``None``: no rank's loader drops samples). Every rank joins
+    the sum, whatever its loader yielded, so no rank waits on a collective another one skipped."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        t = torch.tensor([count or 0, count is not None], dtype=torch.float64)
+        torch.distributed.all_reduce(t)
+        return int(t[0]) if t[1] > 0 else None
+    return count
+
+
 def to_device(batch: Batch, device: torch.device, channels_last: bool = False) -> dict[str, Tensor]:
     out = {}
     for k, v in batch.items():
@@ -164,8 +184,8 @@ def train_one_epoch(
     on_step: Callable[[int, float], None] | None = None,
     budget: TimeBudget | None = None,
 ) -> dict[str, float]:
-    """One pass over ``loader``; returns the mean of the total loss and of each task loss, and
-    ``steps`` (optimiser steps taken).
+    """One pass over ``loader``; returns the mean of the total loss and of each task loss, ``steps``
+    (optimiser steps taken) and, when the loader drops bad samples, ``skipped_samples`` (over all ranks).
 
     Args:
         amp: bf16 autocast (CPU or CUDA); the loss is computed in float32.
@@ -180,9 +200,13 @@ def train_one_epoch(
     model.train()
     sums: dict[str, float] = {}
     steps = 0
+    skipped: int | None = None
     for step, batch in enumerate(loader):
         if max_steps is not None and step >= max_steps:
             break
+        skipped = _skipped(batch, skipped)
+        if "rgb" not in batch:  # only dropped samples (a finite loader's end); an endless stream has none
+            continue
         batch = to_device(batch, device, channels_last)
         with _autocast(device, amp):
             pred = model(batch["rgb"])
@@ -204,7 +228,11 @@ def train_one_epoch(
             on_step(step, float(loss.detach()))
         if budget is not None and budget.exhausted():
             break
-    return {**{k: v / max(1, steps) for k, v in sums.items()}, "steps": float(steps)}
+    out = {**{k: v / max(1, steps) for k, v in sums.items()}, "steps": float(steps)}
+    skipped = _skipped_over_ranks(skipped)
+    if skipped is not None:
+        out["skipped_samples"] = float(skipped)
+    return out
 
 
 @torch.no_grad()
@@ -217,12 +245,17 @@ def evaluate(
     amp: bool = False,
     channels_last: bool = False,
 ) -> dict[str, float]:
-    """Metrics of ``model`` over ``loader``, keyed ``split/task/metric`` (reduced over DDP ranks)."""
+    """Metrics of ``model`` over ``loader``, keyed ``split/task/metric`` (reduced over DDP ranks), and
+    ``split/skipped_samples`` when the loader drops bad samples (summed over ranks)."""
     device = torch.device(device)
     model.eval()
     metrics.reset()
     metrics.to(device)
+    skipped: int | None = None
     for batch in loader:
+        skipped = _skipped(batch, skipped)
+        if "rgb" not in batch:  # a batch of dropped samples only
+            continue
         batch = to_device(batch, device, channels_last)
         with _autocast(device, amp):
             pred = model(batch["rgb"])
@@ -231,4 +264,7 @@ def evaluate(
     bad = [k for k, v in results.items() if math.isnan(v)]
     if bad:
         log.warning("metrics without any valid pixel: %s", bad)
+    skipped = _skipped_over_ranks(skipped)
+    if skipped is not None:
+        results[f"{split}/skipped_samples"] = float(skipped)
     return results

@@ -89,3 +89,60 @@ def test_dvc_plots_draw_every_declared_curve_and_the_confusion_counts(tmp_path: 
     assert '"op": "sum", "field": "pixels_in_row"' in confusion and '"count": "900"' in confusion
     miou = specs["val segmentation mIoU"]["data"]["values"]
     assert [float(v["val/seg/miou"]) for v in miou] == [0.0, 0.1, 0.2]
+
+
+# modules a stage imports that cannot change its outputs (console and logging only)
+NOT_OUTPUT_CODE = {
+    "pipelines/__init__.py": "empty",
+    "vista/__init__.py": "the version string",
+    "pipelines/progress.py": "console progress bars",
+    "vista/tracking.py": "MLflow logging (train: the card's MLflow run id differs on every run anyway)",
+}
+
+
+def _module_file(name: str) -> Path | None:
+    p = ROOT / Path(*name.split("."))
+    if (p / "__init__.py").is_file():
+        return p / "__init__.py"
+    return p.with_suffix(".py") if p.with_suffix(".py").is_file() else None
+
+
+def imported_code(module: str) -> set[str]:
+    """Files of ``vista``/``pipelines`` that ``module`` imports, transitively, function-level imports
+    included (read from the source, not from ``sys.modules``)."""
+    import ast
+
+    seen: set[Path] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        f = _module_file(name)
+        if f is None or f in seen:
+            continue
+        seen.add(f)
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # parent packages run first
+        package = parts if f.name == "__init__.py" else parts[:-1]
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Import):
+                todo += [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = package[: len(package) - node.level + 1] if node.level else []
+                mod = ".".join([*base, *([node.module] if node.module else [])])
+                todo += [mod, *(f"{mod}.{a.name}" for a in node.names)]
+    return {str(p.relative_to(ROOT)) for p in seen}
+
+
+@pytest.mark.parametrize("stage", ["prepare", "shard", "train", "evaluate", "register"])
+def test_stage_deps_cover_the_code_it_runs(stage: str) -> None:
+    """Every module a stage's entry point imports (function-level imports too) is one of its DVC deps or
+    inside a dep folder, so a code change re-runs the stages it can change; console/logging modules excepted."""
+    deps = [d for d in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][stage]["deps"] if "$" not in d]
+    missing = sorted(
+        f
+        for f in imported_code(f"pipelines.{stage}")
+        if f not in NOT_OUTPUT_CODE and not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps)
+    )
+    assert not missing, f"dvc.yaml stage {stage!r} misses deps {missing}"
+    absent = [d for d in deps if not (ROOT / d).exists()]
+    assert not absent, f"dvc.yaml stage {stage!r} names deps that do not exist: {absent}"

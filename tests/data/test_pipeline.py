@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import ROOT, shared_path
+from tests.conftest import ROOT, break_sample, rewrite_member, shared_path
 from vista.config import load_params
 from vista.data import shards_dir
 from vista.data.manifest import PrepareError, prepare, read_manifest, ref_of
@@ -173,22 +173,6 @@ def test_an_index_that_is_not_json_is_named(tmp_path: Path) -> None:
         load_index(str(tmp_path))
 
 
-def _rewrite_member(tar: Path, suffix: str, change) -> None:  # noqa: ANN001
-    """Rewrite ``tar`` with the first member ending in ``suffix`` replaced by ``change(bytes)``."""
-    import io
-    import tarfile
-
-    with tarfile.open(tar) as t:
-        members = [(m, t.extractfile(m).read()) for m in t.getmembers()]
-    done = False
-    with tarfile.open(tar, "w", format=tarfile.USTAR_FORMAT) as t:
-        for m, data in members:
-            if not done and m.name.endswith(suffix):
-                data, done = change(data), True
-                m.size = len(data)
-            t.addfile(m, io.BytesIO(data))
-
-
 def test_a_corrupt_shard_fails_the_read_naming_it(tmp_path: Path) -> None:
     import pickle
 
@@ -199,7 +183,7 @@ def test_a_corrupt_shard_fails_the_read_naming_it(tmp_path: Path) -> None:
     assert len(list(iter_samples(str(out), "val"))) == 4
     tar = out / "val-000001.tar"
     # 64 flipped bytes inside a normal map: still decodes, but the shard is not what was written
-    _rewrite_member(tar, "normal.npy", lambda d: d[:-64] + bytes(b ^ 0xFF for b in d[-64:]))
+    rewrite_member(tar, "normal.npy", lambda d: d[:-64] + bytes(b ^ 0xFF for b in d[-64:]))
     with pytest.raises(ShardReadError, match=r"val-000001\.tar: sha256 .* differs from shards\.json"):
         list(iter_samples(str(out), "val"))
     with pytest.raises(ShardReadError, match=r"val-000001\.tar: sha256"):
@@ -213,20 +197,45 @@ def test_a_corrupt_shard_fails_the_read_naming_it(tmp_path: Path) -> None:
 
 
 def test_an_undecodable_sample_is_named_by_shard_and_key(tmp_path: Path) -> None:
-    import json
-
     from vista.data.webdata import ShardReadError
 
     src = get_source("synthetic", "", height=16, width=20, counts={"val": 2})
     _, out = build(src, tmp_path, splits=("val",), max_samples=1)
-    tar = out / "val-000000.tar"
-    _rewrite_member(tar, ".png", lambda d: d[:40])  # a truncated PNG
-    index = json.loads((out / "shards.json").read_text())
-    index["splits"]["val"]["shards"][0]["sha256"] = hashlib.sha256(tar.read_bytes()).hexdigest()
-    (out / "shards.json").write_text(json.dumps(index))  # the index agrees: only the decode can fail
-    key = next(iter(tarfile_keys(tar)))
+    key = break_sample(out, "val-000000.tar")  # a truncated PNG; the index agrees: only the decode can fail
     with pytest.raises(ShardReadError, match=rf"val-000000\.tar: sample '{key}' cannot be decoded"):
         list(iter_samples(str(out), "val"))
+    with pytest.raises(ShardReadError, match=rf"val-000000\.tar: sample '{key}' cannot be"):
+        list(eval_loader(str(out), "val", batch_size=2))
+
+
+def test_skipped_bad_samples_are_counted_and_no_other_sample_is_lost(tmp_path: Path) -> None:
+    """``on_bad_sample="skip"`` at read time: the bad samples are dropped and named in the batches'
+    ``skipped``; every other sample arrives exactly once (evaluation) and training batches stay full."""
+    src = get_source("synthetic", "", height=16, width=20, counts={"val": 6})
+    _, out = build(src, tmp_path, splits=("val",), max_samples=2)
+    every = {s["key"] for s in iter_samples(str(out), "val")}
+    named = {
+        f"{out}/{tar}: sample {break_sample(out, tar, i)!r}"
+        for tar, i in (("val-000000.tar", 0), ("val-000002.tar", 1))
+    }
+    bad = {n.split("'")[1] for n in named}
+    for workers in (0, 2):
+        batches = list(eval_loader(str(out), "val", batch_size=4, num_workers=workers, on_bad_sample="skip"))
+        keys = [k for b in batches for k in b.get("key", [])]
+        assert sorted(keys) == sorted(every - bad)  # nothing else lost, nothing twice
+        skipped = [name for b in batches for name in b["skipped"]]
+        assert sorted(skipped) == sorted(named)  # each bad sample counted once, by shard and key
+        assert all(b["rgb"].shape[0] == len(b["key"]) for b in batches if "rgb" in b)
+
+    loader = train_loader(
+        str(out), batch_size=2, split="val", shuffle_buffer=4, seed=0, samples_per_epoch=24, on_bad_sample="skip"
+    )
+    batches = list(loader)
+    assert len(batches) == 12 and all(b["rgb"].shape[0] == 2 for b in batches)  # full batches all the same
+    drawn = {k for b in batches for k in b["key"]}
+    assert drawn <= every - bad and drawn
+    names = [n for b in batches for n in b["skipped"]]
+    assert names and set(names) <= named
 
 
 def tarfile_keys(tar: Path) -> list[str]:

@@ -12,18 +12,23 @@ environment) and the DataLoader worker info, as WebDataset reads them.
 - Integrity: every shard's bytes are hashed while they stream in and checked against the sha256 that
   ``shards.json`` records (a corrupt or swapped shard fails the read, naming it, instead of changing
   metrics); an unreadable tar or sample raises :class:`ShardReadError` naming the shard and the key.
+- Bad samples: with ``on_bad_sample="skip"`` a sample that cannot be decoded or transformed is dropped
+  with a warning naming shard and key, and counted: every batch then carries ``skipped`` (the names of
+  the samples dropped since the previous batch), which :mod:`vista.engine` sums into
+  ``split/skipped_samples``. Shard-level faults (a sha256 mismatch, an unreadable tar) still fail.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import random
 import tarfile
 import urllib.request
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 import webdataset as wds
 from torch.utils.data import default_collate
@@ -33,6 +38,10 @@ from .torch_dataset import to_tensors
 from .transforms import TrainTransform, normalize_rgb
 
 TensorSample = dict[str, Any]
+SKIPPED = "skipped"  # the batch entry that lists the samples dropped by on_bad_sample="skip"
+_SKIP_MARK = "__skipped__"
+OnBadSample = Literal["error", "skip"]
+log = logging.getLogger(__name__)
 
 
 class ShardReadError(RuntimeError):
@@ -146,12 +155,58 @@ def _verified_samples(digests: dict[str, str]) -> Callable[[Iterator[dict[str, A
     return stage
 
 
+def _where(raw: dict[str, Any]) -> str:
+    return f"{raw.get('__url__', '?')}: sample {raw.get('__key__', '?')!r}"
+
+
 def _decode(raw: dict[str, Any]) -> dict[str, Any]:
     try:
         return decode_sample(raw)
     except Exception as err:
-        where = f"{raw.get('__url__', '?')}: sample {raw.get('__key__', '?')!r}"
-        raise ShardReadError(f"{where} cannot be decoded ({type(err).__name__}: {err})") from None
+        raise ShardReadError(f"{_where(raw)} cannot be decoded ({type(err).__name__}: {err})") from None
+
+
+def _guarded(fn: Callable[[dict[str, Any]], TensorSample], on_bad_sample: OnBadSample) -> Callable[..., TensorSample]:
+    """``fn`` over a raw sample; a failure names shard and key, and with ``skip`` becomes a marker that
+    :func:`_skip_bad` drops and counts (a warning names the sample)."""
+    if on_bad_sample not in ("error", "skip"):
+        raise ValueError(f"data.on_bad_sample={on_bad_sample!r}: choose error or skip")
+
+    def guarded(raw: dict[str, Any]) -> TensorSample:
+        try:
+            return fn(raw)
+        except ShardReadError as err:
+            error = err
+        except Exception as err:  # a transform that cannot apply to this sample (e.g. mismatched sizes)
+            error = ShardReadError(f"{_where(raw)} cannot be used ({type(err).__name__}: {err})")
+        if on_bad_sample == "error":
+            raise error
+        log.warning("skipping a bad sample (data.on_bad_sample=skip): %s", error)
+        return {_SKIP_MARK: [_where(raw)]}
+
+    return guarded
+
+
+def _skip_bad(src: Iterator[TensorSample]) -> Iterator[TensorSample]:
+    """Drops the markers of skipped samples; their names ride on the next good sample (or, at the end of
+    the stream, on a sample of their own that holds nothing else), so the count reaches the batches."""
+    pending: list[str] = []
+    for sample in src:
+        if _SKIP_MARK in sample and "rgb" not in sample:
+            pending += sample[_SKIP_MARK]
+            continue
+        yield {**sample, _SKIP_MARK: pending}
+        pending = []
+    if pending:
+        yield {_SKIP_MARK: pending}
+
+
+def _collate_counting(samples: list[TensorSample]) -> TensorSample:
+    """Collate the good samples; ``skipped`` lists the samples dropped before them (a batch of dropped
+    samples only holds ``skipped``)."""
+    skipped = [name for s in samples for name in s.get(_SKIP_MARK, ())]
+    good = [{k: v for k, v in s.items() if k != _SKIP_MARK} for s in samples if "rgb" in s]
+    return {**(default_collate(good) if good else {}), SKIPPED: skipped}
 
 
 def distributed_info() -> tuple[int, int]:
@@ -193,18 +248,25 @@ def _strip(sample: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in sample.items() if k != "meta"}
 
 
-def _train_map(transform: TrainTransform) -> Callable[[dict[str, Any]], TensorSample]:
+def _train_map(transform: TrainTransform, on_bad_sample: OnBadSample = "error") -> Callable[..., TensorSample]:
     def fn(raw: dict[str, Any]) -> TensorSample:
         s = _decode(raw)
         t = normalize_rgb(transform(to_tensors(s, normalize=False)))
         return {"key": s["key"], **t}
 
-    return fn
+    return _guarded(fn, on_bad_sample)
 
 
-def _eval_map(raw: dict[str, Any]) -> TensorSample:
+def _eval_sample(raw: dict[str, Any]) -> TensorSample:
     s = _decode(raw)
     return {"key": s["key"], **to_tensors(_strip(s))}
+
+
+def _batching(batch_size: int, partial: bool, on_bad_sample: OnBadSample) -> list[Callable[..., Any]]:
+    """The batching stages: plain, or (``skip``) dropping and counting bad samples."""
+    if on_bad_sample == "skip":
+        return [_skip_bad, wds.batched(batch_size, collation_fn=_collate_counting, partial=partial)]
+    return [wds.batched(batch_size, collation_fn=_collate, partial=partial)]
 
 
 def train_loader(
@@ -216,12 +278,15 @@ def train_loader(
     shuffle_buffer: int = 256,
     seed: int = 0,
     samples_per_epoch: int | None = None,
+    on_bad_sample: OnBadSample = "error",
 ) -> wds.WebLoader:
     """An endless, resampled training stream cut into epochs of equal length on every rank.
 
     Args:
         location: folder or URL prefix holding ``shards.json``.
         samples_per_epoch: total over all ranks; default = the split's sample count.
+        on_bad_sample: ``error`` (a bad sample fails the run, naming shard and key) or ``skip`` (dropped,
+            counted in each batch's ``skipped``; the endless stream keeps every batch full).
 
     Returns:
         A loader yielding batches ``{"key": [...], "rgb": (B, 3, H, W), "depth"?, "seg"?, "normal"?}``;
@@ -236,15 +301,20 @@ def train_loader(
         wds.ResampledShards(urls, seed=seed, deterministic=True),
         _verified_samples(shard_digests(location, split, index)),
         _seeded_shuffle(shuffle_buffer, seed) if shuffle_buffer > 1 else wds.filters.identity,
-        wds.map(_train_map(transform)),
-        wds.batched(batch_size, collation_fn=_collate, partial=False),
+        wds.map(_train_map(transform, on_bad_sample)),
+        *_batching(batch_size, False, on_bad_sample),
     )
     loader = wds.WebLoader(pipeline, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0)
     return loader.with_epoch(math.ceil(total / (world * batch_size)))
 
 
-def eval_loader(location: str, split: str, batch_size: int, num_workers: int = 0) -> wds.WebLoader:
+def eval_loader(
+    location: str, split: str, batch_size: int, num_workers: int = 0, on_bad_sample: OnBadSample = "error"
+) -> wds.WebLoader:
     """One pass over ``split``: every sample exactly once across all ranks and workers.
+
+    With ``on_bad_sample="skip"`` bad samples are dropped and listed in the batches' ``skipped`` (a batch
+    may then be short, or hold only ``skipped``).
 
     Raises:
         ValueError: fewer shards than ranks × workers.
@@ -258,8 +328,8 @@ def eval_loader(location: str, split: str, batch_size: int, num_workers: int = 0
         wds.split_by_node,
         wds.split_by_worker,
         _verified_samples(shard_digests(location, split, index)),
-        wds.map(_eval_map),
-        wds.batched(batch_size, collation_fn=_collate, partial=True),
+        wds.map(_guarded(_eval_sample, on_bad_sample)),
+        *_batching(batch_size, True, on_bad_sample),
     )
     return wds.WebLoader(pipeline, batch_size=None, num_workers=num_workers)
 
