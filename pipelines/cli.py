@@ -3,6 +3,7 @@ override it, validated the same way."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Annotated
@@ -206,8 +207,7 @@ def ui(
     port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 5000,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
-    """Open the MLflow UI on 127.0.0.1 over the project's tracking backend."""
-    import subprocess
+    """Open the MLflow UI on 127.0.0.1 over the project's tracking backend (Ctrl-C or SIGTERM stops it)."""
     import sys
 
     from vista.tracking import redact, tracking_uri
@@ -216,7 +216,48 @@ def ui(
     uri = tracking_uri(p.tracking.uri)
     console.print(f"MLflow UI on http://127.0.0.1:{port} over {redact(uri)}")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
-    raise typer.Exit(subprocess.call(cmd))
+    raise typer.Exit(serve(cmd))
+
+
+def serve(cmd: list[str]) -> int:
+    """Run a server command until it exits or this process gets SIGINT/SIGTERM; then stop the server and
+    every process it started (``mlflow ui`` runs uvicorn workers), so no server outlives the command.
+    Returns the exit code (0 after a stop on request)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, start_new_session=True)  # its own process group: one signal reaches all
+    stopping: list[int] = []
+
+    def stop(signum: int, _frame: object) -> None:
+        stopping.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    deadline = None
+    try:
+        while True:
+            try:
+                code = proc.wait(timeout=1)
+                break
+            except subprocess.TimeoutExpired:
+                if stopping and deadline is None:
+                    deadline = time.monotonic() + 10
+                if deadline is not None and time.monotonic() > deadline:  # SIGTERM ignored for 10 s
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        with contextlib.suppress(ProcessLookupError):  # workers left behind by a server that exited
+            os.killpg(proc.pid, signal.SIGTERM)
+    if stopping:
+        console.print("MLflow UI stopped")
+        return 0
+    return code
 
 
 @app.command()

@@ -64,3 +64,55 @@ def test_settings_that_cannot_train_fail_before_ray_or_mlflow(tmp_path: Path, ov
     assert r.exit_code == 1, r.output
     assert match in out and "Traceback" not in out and "no shards" not in out
     assert not (tmp_path / "m.db").exists()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_ui_stops_its_server_and_its_workers(tmp_path: Path, signame: str) -> None:
+    """`vista ui` stopped with Ctrl-C or SIGTERM ends the `mlflow ui` server and every process it started
+    (was: the server kept running and holding the port)."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    import psutil
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    vista = Path(sys.executable).parent / "vista"
+    proc = subprocess.Popen(
+        [str(vista), "ui", "--port", str(port), "--params", str(ROOT / "params.yaml")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:  # until the server answers (or gives up)
+            assert proc.poll() is None, f"vista ui exited early: {proc.stdout.read()}"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+                    assert r.status == 200
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the MLflow UI never answered"
+                time.sleep(1)
+        server = psutil.Process(proc.pid).children(recursive=True)
+        assert server, "no server process under vista ui"
+        proc.send_signal(getattr(signal, signame))
+        assert proc.wait(timeout=60) == 0
+        assert "MLflow UI stopped" in proc.stdout.read()
+        gone, alive = psutil.wait_procs(server, timeout=30)
+        assert not alive, f"left running: {[(p.pid, p.name()) for p in alive]}"
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
