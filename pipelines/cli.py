@@ -21,6 +21,10 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override,
 ProfileOpt = Annotated[
     str | None, typer.Option("--profile", envvar="VISTA_PROFILE", help="profile from params.yaml", show_envvar=True)
 ]
+VerboseOpt = Annotated[
+    bool,
+    typer.Option("--verbose", "-v", help="Ray's own logs and every worker's output too (default: one line per epoch)"),
+]
 
 
 def _fail(err: BaseException | str, code: int = 1) -> typer.Exit:
@@ -60,20 +64,25 @@ def _load(params: Path, overrides: list[str] | None, profile: str | None):  # no
 
 
 @app.command()
-def train(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, profile: ProfileOpt = None) -> None:
+def train(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    profile: ProfileOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
     """Train on the shards with Ray Train; writes models/best.pt, model_card.json, samples.png."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    _stage("train", params, set_, profile)
+    _stage("train", params, set_, profile, verbose=verbose)
 
 
-def _stage(module: str, params: Path, overrides: list[str] | None, profile: str | None) -> None:
+def _stage(module: str, params: Path, overrides: list[str] | None, profile: str | None, **kwargs: object) -> None:
     """Run ``pipelines.<module>.run``; expected failures (bad data, missing inputs) exit 1 with the message."""
     import importlib
 
     p = _load(params, overrides, profile)
     stage = importlib.import_module(f"{__package__}.{module}")
     try:
-        stage.run(p, console)
+        stage.run(p, console, **kwargs)
     except Exception as err:
         if isinstance(err, _expected_errors()):
             raise _fail(err) from None
@@ -99,12 +108,17 @@ def evaluate_(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, prof
 
 
 @app.command("run")
-def run_(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, profile: ProfileOpt = None) -> None:
+def run_(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    profile: ProfileOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
     """train -> evaluate -> register in one go (the stages after `shard`): what `ray job submit` runs."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for stage in ("train", "evaluate", "register"):
         console.rule(f"[bold]{stage}")
-        _stage(stage, params, set_, profile)
+        _stage(stage, params, set_, profile, **({"verbose": verbose} if stage == "train" else {}))
 
 
 @app.command()
@@ -152,6 +166,7 @@ def study(
     ] = None,
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Equal-budget comparison: every model × seed of the study, then a mean ± std table and curves."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -160,7 +175,7 @@ def study(
     p = _load(params, None, None)
     try:
         overrides = dict(parse_overrides(set_ or []))
-        stage.run(p, name, smoke, console, overrides, seeds)
+        stage.run(p, name, smoke, console, overrides, seeds, verbose=verbose)
     except Exception as err:
         if isinstance(err, _expected_errors()):
             raise _fail(err) from None

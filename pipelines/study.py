@@ -98,6 +98,7 @@ def run(
     console: Console | None = None,
     overrides: dict[str, Any] | None = None,
     seeds: list[int] | None = None,
+    verbose: bool = False,
 ) -> list[dict[str, Any]]:
     """Train every model × seed of study ``name`` (skipping finished runs); write the tables and plot.
 
@@ -105,6 +106,7 @@ def run(
         overrides: dotted settings applied to every run after the study's own (``--set``).
         seeds: only these of the study's seeds (``--seeds``; e.g. to split a study across machines or
             sessions); the tables then cover these seeds.
+        verbose: Ray's own logs and the workers' output too (``pipelines.train.run``).
     """
     console = console or Console()
     study = study_of(params, name)
@@ -140,7 +142,7 @@ def run(
             wall = json.loads(wall_path.read_text())["wall_s"]
         else:
             tic = time.perf_counter()
-            card = train_stage.run(p, console, tags={"vista.study": name, "vista.seed": str(seed)})
+            card = train_stage.run(p, console, tags={"vista.study": name, "vista.seed": str(seed)}, verbose=verbose)
             wall = time.perf_counter() - tic
             wall_path.write_text(json.dumps({"wall_s": wall, "run_name": p.train.run_name}) + "\n")
         final = _final(card["history"])

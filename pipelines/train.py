@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -268,8 +269,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ray_init() -> None:
-    """Join the cluster in ``RAY_ADDRESS`` (e.g. inside ``ray job submit``), or start Ray locally.
+def ray_logging(verbose: bool = False) -> dict[str, Any]:
+    """The ``ray.init`` arguments of the console: by default Ray's own warnings and errors only (workers'
+    output stays in the session's log files; a worker's error still reaches ``fit`` with its traceback);
+    ``verbose``: Ray's INFO logs and every worker's and the controller's output on the driver."""
+    return {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.WARNING}
+
+
+def _ray_init(verbose: bool = False) -> None:
+    """Join the cluster in ``RAY_ADDRESS`` (e.g. inside ``ray job submit``), or start Ray locally, with the
+    console of :func:`ray_logging`.
 
     The local instance runs the dashboard on 127.0.0.1 (a free port): Ray Train's placement-group cleaner
     asks the state API (served by the dashboard) whether a run's controller is still alive. Without it, the
@@ -285,7 +294,7 @@ def _ray_init() -> None:
     env_vars = tracking.ray_env()
     runtime_env = {"env_vars": env_vars} if env_vars else None
     if os.environ.get("RAY_ADDRESS"):  # inside `ray job submit`, or pointed at a cluster
-        ray.init(runtime_env=runtime_env)
+        ray.init(runtime_env=runtime_env, **ray_logging(verbose))
         return
     port = _free_port()
     os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
@@ -293,8 +302,8 @@ def _ray_init() -> None:
         include_dashboard=True,
         dashboard_host="127.0.0.1",
         dashboard_port=port,
-        log_to_driver=True,
         runtime_env=runtime_env,
+        **ray_logging(verbose),
     )
 
 
@@ -322,6 +331,8 @@ def fit(
     name: str | None = None,
     storage_path: str | None = None,
     callbacks: list[Any] = (),  # type: ignore[assignment]
+    feed: Console | None = None,
+    verbose: bool = False,
 ) -> tuple[Any, str]:
     """Train with Ray Train; returns ``(ray result, shards location)``.
 
@@ -329,15 +340,23 @@ def fit(
         mlflow_run: ``(tracking uri, run id)`` that rank 0 logs into.
         name, storage_path: the Ray Train run (default: :func:`run_name`, ``train.storage_path``).
         callbacks: Ray Train callbacks (a Tune trial passes ``TuneReportCallback``).
+        feed: print one line per epoch there (:mod:`pipelines.feed`).
+        verbose: Ray's INFO logs and the workers' output on the driver, when this call starts Ray.
     """
+    from contextlib import nullcontext
+
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+
+    from .feed import EpochFeed
 
     shards = require_shards(params)
     t = params.train
     storage = storage_path or t.storage_path
     worker_uri = tracking.for_workers(mlflow_run[0]) if mlflow_run else None  # before Ray starts: env
-    _ray_init()
+    _ray_init(verbose)
+    lines = EpochFeed(feed, t.epochs, t.best_metric, t.time_budget_s) if feed is not None else None
+    callbacks = [*callbacks, *([lines.callback] if lines else [])]
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -357,10 +376,12 @@ def fit(
             checkpoint_config=CheckpointConfig(
                 num_to_keep=t.keep_checkpoints, checkpoint_score_attribute=SCORE_KEY, checkpoint_score_order=t.best_mode
             ),
-            callbacks=list(callbacks),
+            callbacks=callbacks,
         ),
     )
-    return trainer.fit(), shards
+    with lines or nullcontext():
+        result = trainer.fit()
+    return result, shards
 
 
 def best_checkpoint_state(result: Any, metric: str, mode: str) -> dict[str, Any]:
@@ -441,11 +462,15 @@ def preflight(params: Params) -> None:
         ) from None
 
 
-def run(params: Params, console: Console | None = None, tags: dict[str, str] | None = None) -> dict[str, Any]:
+def run(
+    params: Params, console: Console | None = None, tags: dict[str, str] | None = None, verbose: bool = False
+) -> dict[str, Any]:
     """Train, then write ``models/best.pt``, ``models/model_card.json`` and ``models/samples.png``.
 
     Args:
+        console: one line per epoch, then the val metrics table.
         tags: extra MLflow tags of the run (e.g. the study it belongs to).
+        verbose: Ray's INFO logs and the workers' output on the console too (:func:`ray_logging`).
     """
     console = console or Console()
     t = params.train
@@ -472,7 +497,7 @@ def run(params: Params, console: Console | None = None, tags: dict[str, str] | N
     )
     console.print(f"MLflow run {run_id} ({tracking.redact(uri)})")
     try:
-        result, shards = fit(params, (uri, run_id))
+        result, shards = fit(params, (uri, run_id), feed=console, verbose=verbose)
         if result.error:
             raise RuntimeError(f"training failed: {result.error}")
         best = best_checkpoint_state(result, t.best_metric, t.best_mode)

@@ -172,7 +172,7 @@ def run(params: Params, console: Console | None = None) -> dict[str, Any]:
     # driver loses no finished trial
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     worker_uri = tracking.for_workers(uri)  # Tune saves the config on disk: no credentials in it
-    train_stage._ray_init()
+    train_stage._ray_init(verbose=True)  # as before: Tune's reporter shows the trials, not the epoch feed
     config = {
         "overrides": search_space(params),
         "base": base_tree(params),

@@ -116,3 +116,23 @@ def test_ui_stops_its_server_and_its_workers(tmp_path: Path, signame: str) -> No
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_verbose_reaches_the_training_stage_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--verbose` (Ray's own logs) goes to the train stage of `vista train` and `vista run`; quiet by default."""
+    from pipelines import evaluate, register, train
+
+    calls: list[tuple[str, dict]] = []
+    for stage in (train, evaluate, register):
+        monkeypatch.setattr(stage, "run", lambda p, console, _n=stage.__name__, **kw: calls.append((_n, kw)))
+    base = ["--params", str(ROOT / "params.yaml"), "--profile", "smoke"]
+    assert runner.invoke(app, ["train", *base]).exit_code == 0
+    assert runner.invoke(app, ["train", *base, "--verbose"]).exit_code == 0
+    assert runner.invoke(app, ["run", *base, "-v"]).exit_code == 0
+    assert calls == [
+        ("pipelines.train", {"verbose": False}),
+        ("pipelines.train", {"verbose": True}),
+        ("pipelines.train", {"verbose": True}),
+        ("pipelines.evaluate", {}),
+        ("pipelines.register", {}),
+    ]

@@ -26,3 +26,30 @@ def test_class_weights_from_the_shard_index() -> None:
     with pytest.raises(ValueError, match="3 values; model.num_classes is 4"):
         seg_class_weights(wrong, _index())
     assert seg_class_weights(load_params(ROOT / "params.yaml"), index) is None  # `none`
+
+
+@pytest.mark.parametrize("address", [None, "127.0.0.1:6379"])
+def test_ray_is_quiet_unless_verbose(monkeypatch: pytest.MonkeyPatch, address: str | None) -> None:
+    """``ray.init`` gets Ray's warnings only and no worker output by default; ``--verbose`` restores both,
+    for a local Ray and inside ``ray job submit`` (``RAY_ADDRESS``)."""
+    import logging
+
+    import ray
+
+    from pipelines import train
+
+    calls: list[dict] = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    for var in ("RAY_API_SERVER_ADDRESS", "RAY_AUTH_MODE"):  # _ray_init sets them: restored after the test
+        monkeypatch.setenv(var, "x")
+    if address:
+        monkeypatch.setenv("RAY_ADDRESS", address)
+    else:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    train._ray_init()
+    train._ray_init(verbose=True)
+    quiet, verbose = calls
+    assert quiet["log_to_driver"] is False and quiet["logging_level"] == logging.WARNING
+    assert verbose["log_to_driver"] is True and verbose["logging_level"] == logging.INFO
+    assert ("dashboard_port" in quiet) is (address is None)

@@ -20,9 +20,12 @@ pytestmark = pytest.mark.timeout(600)
 def ray_local(tmp_path_factory: pytest.TempPathFactory):
     import ray
 
+    from pipelines.train import ray_logging
+
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     tmp = Path("/tmp") / f"vr{os.getpid()}"  # Ray's socket paths must stay short
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(tmp), log_to_driver=False)
+    # the console of `vista train` (without --verbose)
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(tmp), **ray_logging())
     yield
     ray.shutdown()
 
@@ -126,11 +129,18 @@ def test_two_workers_train_checkpoint_and_resume(tmp_path: Path, ray_local, monk
     assert train.run_name(smoke(tmp_path, "train.lr=1e-3")) != train.run_name(p)
 
 
-def test_checkpoint_retention_ranks_unevaluated_epochs_last(tmp_path: Path, ray_local) -> None:
+def test_checkpoint_retention_ranks_unevaluated_epochs_last(
+    tmp_path: Path, ray_local, capfd: pytest.CaptureFixture[str]
+) -> None:
     """``keep_checkpoints=1`` with a min-mode metric and ``eval_every=2``: epoch 1 (no evaluation) is deleted,
     not kept as the "best"; the best evaluated epoch and the latest stay, and best.pt is the best one.
     The same run has a bad sample in each split and ``data.on_bad_sample=skip``: they are dropped and
-    counted (MLflow metrics ``train/skipped_samples`` and ``val/skipped_samples``), the run finishes."""
+    counted (MLflow metrics ``train/skipped_samples`` and ``val/skipped_samples``), the run finishes.
+    The console shows one line per epoch, with the metric on evaluated epochs, and no Ray report dumps."""
+    import io
+
+    from rich.console import Console
+
     from pipelines import prepare, shard, train
     from vista.tracking import run_metrics_history
 
@@ -150,9 +160,20 @@ def test_checkpoint_retention_ranks_unevaluated_epochs_last(tmp_path: Path, ray_
     shards = tmp_path / "shards" / "synthetic"
     break_sample(shards, "train-000000.tar")
     break_sample(shards, "val-000000.tar")
-    card = train.run(p)
+    capfd.readouterr()
+    console = Console(file=io.StringIO(), width=200)
+    card = train.run(p, console)
     scores = {h["epoch"]: h["val/depth/abs_rel"] for h in card["history"][1:] if "val/depth/abs_rel" in h}
     assert sorted(scores) == [2, 3]
+    text = console.file.getvalue()
+    lines = [line for line in text.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[1] for line in lines] == ["0/3", "1/3", "2/3", "3/3"], text
+    assert ["val/depth/abs_rel" in line for line in lines] == [True, False, True, True]
+    assert f"val/depth/abs_rel {scores[3]:.4f}" in lines[3] and "samples/s" in lines[3]
+    assert "skipped bad samples" in lines[0] and "val 1" in lines[0]
+    out = capfd.readouterr()
+    for printed in (text, out.out, out.err):
+        assert "Reporting training result" not in printed and "'train/loss':" not in printed
     run_dir = tmp_path / "ray" / train.run_name(p)
     kept = {torch.load(d / train.CHECKPOINT_FILE, weights_only=True)["epoch"] for d in checkpoints(run_dir)}
     assert kept == {min(scores, key=scores.get), 3}
