@@ -102,7 +102,7 @@ class ShardParams(_Strict):
     """How the shard stage packs samples into WebDataset tars."""
 
     max_samples: int = Field(64, ge=1)  # per shard
-    max_bytes: int = Field(256 * 2**20, ge=1024)  # per shard (a shard holds at least one sample)
+    max_bytes: int = Field(256 * 2**20, ge=1024)  # a shard closes once its payload reaches it (wds.ShardWriter)
     min_shards: int = Field(8, ge=1)  # per split (capped by its sample count): readers = ranks × workers
     seed: int = 0  # sharding-time shuffle
     rgb_format: Literal["png", "jpg"] = "png"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
+import tarfile
 import threading
 from collections import Counter
 from pathlib import Path
@@ -114,6 +115,17 @@ def test_byte_bound_closes_shards(tmp_path: Path) -> None:
     _, out = build(src, tmp_path, splits=("train",), max_samples=100, max_bytes=8000)
     shards = load_index(str(out))["splits"]["train"]["shards"]
     assert len(shards) > 1 and sum(s["samples"] for s in shards) == 6
+    payloads = []  # per shard: the payload bytes of each sample, in order
+    for s in shards:
+        with tarfile.open(out / s["file"]) as tar:
+            sizes: dict[str, int] = {}
+            for m in tar.getmembers():
+                key = m.name.split(".", 1)[0]
+                sizes[key] = sizes.get(key, 0) + m.size
+        payloads.append(list(sizes.values()))
+    # a shard closes once its payload reached max_bytes, not earlier: it passes the bound by less than a sample
+    assert all(sum(p) >= 8000 for p in payloads[:-1]), payloads
+    assert all(sum(p[:-1]) < 8000 for p in payloads), payloads
 
 
 def test_min_shards_spreads_small_splits(tmp_path: Path) -> None:

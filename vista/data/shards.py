@@ -1,7 +1,9 @@
 """The shard step: manifest -> ``<split>-NNNNNN.tar`` WebDataset shards + ``shards.json``.
 
 - Samples are shuffled at sharding time with a seed (so a shard holds a mix of the dataset).
-- A shard closes at ``max_samples`` samples or before it would pass ``max_bytes``.
+- ``wds.ShardWriter`` starts a new shard once the current one holds ``max_samples`` samples or its
+  payload (the samples' encoded bytes, tar headers not counted) reached ``max_bytes``: a shard passes
+  ``max_bytes`` by less than one sample.
 - Byte-identical output for identical input and params (fixed tar headers, deterministic encoders).
 - Atomic: the shards are written into a temporary sibling folder that replaces the output folder only
   when every split is complete, so a failed or interrupted re-shard leaves the previous shards as they were.
@@ -10,8 +12,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import io
 import json
 import math
 import os
@@ -54,45 +56,49 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 class _ShardSink:
-    """Writes numbered tars of one split, each first under a temporary name."""
+    """``wds.ShardWriter`` over the numbered tars of one split, recording ``{file, samples, bytes, sha256}``
+    of each finished tar (computed from the file on disk)."""
 
     def __init__(self, out_dir: Path, split: str, max_samples: int, max_bytes: int) -> None:
-        self.out_dir, self.split = out_dir, split
-        self.max_samples, self.max_bytes = max_samples, max_bytes
         self.done: list[dict[str, Any]] = []
-        self._buf: io.BytesIO | None = None
-        self._writer: wds.TarWriter | None = None
-        self._count = self._bytes = 0
-
-    def _open(self) -> None:
-        self._buf = io.BytesIO()
-        # fixed mtime/user/group/mode: identical input gives identical bytes
-        self._writer = wds.TarWriter(
-            self._buf, user="vista", group="vista", mode=0o444, mtime=0, encoder=False, format=tarfile.USTAR_FORMAT
+        self._counts: dict[str, int] = {}
+        pattern = str(out_dir / split).replace("%", "%%") + "-%06d.tar"
+        # fixed mtime/user/group/mode, USTAR headers, no compression: identical input gives identical bytes.
+        # ShardWriter opens its first tar at once (a split always has a sample: splits come from the
+        # manifest's rows); no per-file temporary names are needed: the whole folder is swapped at the end.
+        self._writer = wds.ShardWriter(
+            pattern,
+            maxcount=max_samples,
+            maxsize=max_bytes,
+            post=self._finished,
+            verbose=0,
+            user="vista",
+            group="vista",
+            mode=0o444,
+            mtime=0,
+            encoder=False,
+            compress=False,
+            format=tarfile.USTAR_FORMAT,
         )
-        self._count = self._bytes = 0
 
     def add(self, encoded: dict[str, Any]) -> None:
-        size = sum(len(v) + 1024 for k, v in encoded.items() if k != "__key__")  # payload + tar headers, approx.
-        if self._writer is not None and (self._count >= self.max_samples or self._bytes + size > self.max_bytes):
-            self.close()
-        if self._writer is None:
-            self._open()
-        assert self._writer is not None
         self._writer.write(encoded)
-        self._count += 1
-        self._bytes += size
+        name = self._writer.fname  # the tar this sample went into
+        self._counts[name] = self._counts.get(name, 0) + 1
+
+    def _finished(self, fname: str) -> None:
+        path = Path(fname)
+        self.done.append(
+            {
+                "file": path.name,
+                "samples": self._counts.get(fname, 0),
+                "bytes": path.stat().st_size,
+                "sha256": _sha256(path),
+            }
+        )
 
     def close(self) -> None:
-        if self._writer is None:
-            return
         self._writer.close()
-        assert self._buf is not None
-        name = f"{self.split}-{len(self.done):06d}.tar"
-        path = self.out_dir / name
-        _write_atomic(path, self._buf.getvalue())
-        self.done.append({"file": name, "samples": self._count, "bytes": path.stat().st_size, "sha256": _sha256(path)})
-        self._writer = self._buf = None
 
 
 class _ClassStats:
@@ -129,7 +135,8 @@ def write_shards(
     """Write the shards of every split in ``manifest`` and return the ``shards.json`` index.
 
     Each split gets at least ``min(min_shards, samples)`` shards (so that evaluation can give every
-    rank × loader worker a shard), each of at most ``max_samples`` samples and ``max_bytes`` bytes.
+    rank × loader worker a shard), each of at most ``max_samples`` samples; a shard is closed once its payload
+    reached ``max_bytes`` (so it passes it by less than one sample).
 
     Raises:
         ShardError: a sample's content changed since the prepare step (names the sample and its files).
@@ -176,20 +183,20 @@ def _write_splits(
         sink = _ShardSink(out, split, per_shard, max_bytes)
         stats = _ClassStats(len(source.classes), source.void_id) if "seg" in source.tasks else None
         tick = progress(split, len(split_rows)) if progress else (lambda: None)
-        for i in order:
-            row = split_rows[int(i)]
-            sample = source.load(ref_of(row))
-            if content_hash(sample) != row["content_hash"]:
-                raise ShardError(
-                    f"{split}/{row['key']} ({', '.join(row['source'].values()) or 'procedural'}): content changed "
-                    "since the prepare stage; re-run `vista prepare`"
-                )
-            sample.setdefault("meta", {}).update({"split": split, "source": row["source"]})
-            if stats is not None and "seg" in sample:
-                stats.add(sample["seg"])
-            sink.add(encode_sample(sample, rgb_format, jpeg_quality))
-            tick()
-        sink.close()
+        with contextlib.closing(sink):  # closed on an error too (its open tar is not left to the GC)
+            for i in order:
+                row = split_rows[int(i)]
+                sample = source.load(ref_of(row))
+                if content_hash(sample) != row["content_hash"]:
+                    raise ShardError(
+                        f"{split}/{row['key']} ({', '.join(row['source'].values()) or 'procedural'}): content changed "
+                        "since the prepare stage; re-run `vista prepare`"
+                    )
+                sample.setdefault("meta", {}).update({"split": split, "source": row["source"]})
+                if stats is not None and "seg" in sample:
+                    stats.add(sample["seg"])
+                sink.add(encode_sample(sample, rgb_format, jpeg_quality))
+                tick()
         splits[split] = {
             "samples": sum(s["samples"] for s in sink.done),
             "bytes": sum(s["bytes"] for s in sink.done),
