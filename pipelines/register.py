@@ -1,7 +1,8 @@
 """Stage `register`: the evaluated best model -> a version of the MLflow registered model.
 
-- The model is logged into its training run as a pyfunc (uint8 RGB ``N×H×W×3`` in, any batch/H/W; per-task
-  arrays out; the vista code and pinned pip requirements ship with it) and registered as version N of
+- The model is logged into its training run as a pyfunc from code (``vista/mlflow_model.py``, nothing
+  cloudpickled; uint8 RGB ``N×H×W×3`` in, any batch/H/W; per-task arrays out; the vista code, the checkpoint
+  and pinned pip requirements ship with it) and registered as version N of
   ``registry.model_name``, tagged with all its evaluation metrics, the data version and the checkpoint hash.
 - Alias ``challenger`` -> the new version. Alias ``champion`` moves to it only when its gate metric
   (``registry.gate_metric`` from ``eval/metrics.json``, default ``train.best_metric`` on ``eval.split``)

@@ -90,12 +90,32 @@ def test_champion_moves_only_when_the_gate_metric_improves(project: tuple[Params
     assert aliases(uri) == {"challenger": "4", "champion": "3"}
 
 
-def test_registered_model_loads_as_pyfunc_and_predicts_any_size(project: tuple[Params, str]) -> None:
+def test_registered_model_loads_as_pyfunc_and_predicts_any_size(project: tuple[Params, str], tmp_path: Path) -> None:
+    import logging
+    import warnings
+
     import mlflow
+    from mlflow.artifacts import download_artifacts
 
     params, uri = project
     write_outputs(params, uri, miou=0.5, seed=1)
-    register.run(params)
+    # mlflow's loggers do not propagate to the root logger (where caplog listens): listen on "mlflow" itself
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logging.getLogger("mlflow").addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            register.run(params)
+    finally:
+        logging.getLogger("mlflow").removeHandler(handler)
+    said = [r.getMessage() for r in records] + [str(w.message) for w in caught]
+    assert not [m for m in said if "cloudpickle" in m.lower()], said
+    # a model from code: the model file ships in the model folder, and no pickled python model
+    local = Path(download_artifacts("models:/vista@champion", dst_path=str(tmp_path / "dl"), tracking_uri=uri))
+    assert (local / "mlflow_model.py").is_file(), sorted(p.name for p in local.iterdir())
+    assert not list(local.rglob("python_model.pkl*")), sorted(p.name for p in local.iterdir())
     mlflow.set_tracking_uri(uri)
     model = mlflow.pyfunc.load_model("models:/vista@champion")
     sig = model.metadata.signature

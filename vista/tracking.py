@@ -1,4 +1,5 @@
-"""Experiment tracking with MLflow — the only module that imports mlflow.
+"""Experiment tracking with MLflow — the only module that imports mlflow (besides ``mlflow_model.py``,
+the registered model's code, which MLflow runs when it logs or loads the model).
 
 Embedded default: a sqlite file ``mlflow.db`` with artifacts in ``mlartifacts/``, both in the project
 folder (no server to start). ``$MLFLOW_TRACKING_URI`` or ``tracking.uri`` in params.yaml points elsewhere
@@ -246,59 +247,6 @@ def system_metrics(uri: str, run_id: str, interval_s: float, node: str | None = 
 CHECKPOINT_ARTIFACT = "checkpoint"
 
 
-def _define_pyfunc() -> type:
-    import mlflow.pyfunc
-    import torch
-
-    class VistaPyfunc(mlflow.pyfunc.PythonModel):
-        """A trained VISTA-Net as an MLflow pyfunc.
-
-        Input: uint8 RGB images, ``N×H×W×3`` (or one ``H×W×3``), any H and W.
-        Output: a dict of numpy arrays per task of the model: ``depth`` ``N×H×W`` float32 metres,
-        ``seg`` ``N×H×W`` int32 class ids, ``normal`` ``N×H×W×3`` float32 unit vectors.
-        The weights are the training checkpoint (``models/best.pt``), loaded with ``weights_only=True``.
-        """
-
-        _skip_type_hint_validation = True  # mlflow: the signature validates inputs, not type hints
-
-        def load_context(self, context):  # type: ignore[no-untyped-def]
-            from vista.checkpoint import load_trained
-
-            self.model, self.params = load_trained(context.artifacts[CHECKPOINT_ARTIFACT])
-
-        def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
-            from vista.data.torch_dataset import IMAGENET_MEAN, IMAGENET_STD
-
-            x = np.asarray(model_input)
-            if x.ndim == 3:
-                x = x[None]
-            if x.ndim != 4 or x.shape[-1] != 3 or x.dtype != np.uint8:
-                raise ValueError(f"expected uint8 RGB images N×H×W×3, got {x.dtype} array of shape {x.shape}")
-            rgb = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float() / 255.0
-            with torch.no_grad():
-                out = self.model((rgb - IMAGENET_MEAN) / IMAGENET_STD)
-            result: dict[str, np.ndarray] = {}
-            if "depth" in out:
-                result["depth"] = out["depth"][:, 0].numpy()
-            if "seg" in out:
-                result["seg"] = out["seg"].argmax(1).to(torch.int32).numpy()
-            if "normal" in out:
-                result["normal"] = out["normal"].permute(0, 2, 3, 1).contiguous().numpy()
-            return result
-
-    VistaPyfunc.__module__, VistaPyfunc.__qualname__ = __name__, "VistaPyfunc"
-    return VistaPyfunc
-
-
-def __getattr__(name: str) -> Any:
-    # VistaPyfunc subclasses mlflow's PythonModel: defined on first use, so importing this module stays
-    # cheap (no mlflow import), while pickles of it still resolve to ``vista.tracking.VistaPyfunc``.
-    if name == "VistaPyfunc":
-        cls = globals()["VistaPyfunc"] = _define_pyfunc()
-        return cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def model_signature(tasks: list[str]) -> Any:
     """Dynamic batch, height and width: ``(-1, -1, -1, 3)`` uint8 in, per-task arrays out."""
     from mlflow.models import ModelSignature
@@ -344,14 +292,17 @@ def _global_uri(uri: str) -> Iterator[None]:
 
 
 def log_model(uri: str, run_id: str, checkpoint: str | os.PathLike[str], tasks: list[str], name: str = "model") -> str:
-    """Log ``checkpoint`` as a pyfunc model of run ``run_id``; returns its ``models:/<model_id>`` URI."""
+    """Log ``checkpoint`` as a pyfunc model of run ``run_id``; returns its ``models:/<model_id>`` URI.
+
+    The model is logged from code (``vista/mlflow_model.py``, which MLflow copies and runs at load time):
+    nothing is cloudpickled.
+    """
     import mlflow
 
-    cls = __getattr__("VistaPyfunc")
     with _global_uri(uri), mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name=name,
-            python_model=cls(),
+            python_model=str(Path(__file__).with_name("mlflow_model.py")),
             artifacts={CHECKPOINT_ARTIFACT: str(checkpoint)},
             code_paths=[str(Path(__file__).parent)],  # the vista package: the model loads without it installed
             signature=model_signature(tasks),
