@@ -35,6 +35,7 @@ from . import train as train_stage
 
 RESULTS_FILE = "results.parquet"
 BEST_FILE = "best_params.yaml"
+PLOT_DPI = 100
 
 
 def sweep_name(params: Params) -> str:
@@ -279,9 +280,13 @@ def summarize(params: Params, grid: Any, name: str, uri: str, parent: str, conso
 
     tracking.log_artifact_bytes(uri, parent, RESULTS_FILE, (out / RESULTS_FILE).read_bytes())
     tracking.log_artifact_bytes(uri, parent, BEST_FILE, (out / BEST_FILE).read_bytes())
-    for fname, png in plots(df, keys, metric).items():
-        tracking.log_artifact_bytes(uri, parent, fname, png)
-        (out / fname).write_bytes(png)
+    figures = plots(df, keys, metric)  # selects the Agg backend before pyplot is imported here
+    import matplotlib.pyplot as plt
+
+    for fname, fig in figures.items():
+        tracking.log_figure(uri, parent, fig, fname, dpi=PLOT_DPI)
+        fig.savefig(out / fname, dpi=PLOT_DPI)
+        plt.close(fig)
     values = df[f"best {metric}"].dropna()
     tracking.log_metrics(uri, parent, {f"best {metric}".replace(" ", "_"): float(best[f"best {metric}"])}, step=0)
     tracking.end_run(uri, parent)
@@ -307,10 +312,9 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def plots(df: Any, keys: list[str], metric: str) -> dict[str, bytes]:
-    """PNG bytes: the metric against each swept setting, and parallel coordinates of all trials."""
-    import io
-
+def plots(df: Any, keys: list[str], metric: str) -> dict[str, Any]:
+    """Matplotlib figures by PNG file name: the metric against each swept setting, and parallel coordinates of
+    all trials (the caller saves and closes them)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -330,10 +334,7 @@ def plots(df: Any, keys: list[str], metric: str) -> dict[str, bytes]:
         ax.set_xlabel(key)
         ax.set_ylabel(metric)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    out["metric_vs_params.png"] = buf.getvalue()
+    out["metric_vs_params.png"] = fig
 
     cols = [*keys, col]
     data = np.stack([pd_numeric(df[c]) for c in cols], axis=1)
@@ -350,10 +351,7 @@ def plots(df: Any, keys: list[str], metric: str) -> dict[str, bytes]:
     ax.set_yticks([])
     ax.set_title("trials (colour: metric)")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    out["parallel_coordinates.png"] = buf.getvalue()
+    out["parallel_coordinates.png"] = fig
     return out
 
 

@@ -99,6 +99,95 @@ def test_asha_sweep_nests_trials_in_mlflow_and_writes_valid_best_params(shards: 
     assert {"results.parquet", "best_params.yaml", "metric_vs_params.png", "parallel_coordinates.png"} <= artifacts
 
 
+# per swept rank: the val metric a toy trial reports at epochs 1, 2, ...; whether it then raises
+TOY_CURVES = {1: ([0.5, 0.9, 0.6], False), 2: ([0.7, 0.8, 0.8], False), 3: ([0.3], True), 5: ([0.4, 0.45], False)}
+
+
+def toy_trial(config: dict) -> None:
+    """A trial without training: opens its child run (left RUNNING, as ASHA leaves a stopped trial's run),
+    reports its curve, and fails when told to."""
+    from ray import tune
+
+    from vista import tracking
+
+    rank = config["overrides"]["model.attention.rank"]
+    curve, fail = TOY_CURVES[rank]
+    trial_id = tune.get_context().get_trial_id()
+    tags = {"mlflow.parentRunId": config["parent_run_id"], "trial_id": trial_id, "rank": str(rank)}
+    tracking.start_run(config["tracking_uri"], "vista", f"{config['sweep']}/{trial_id}", {}, tags)
+    for epoch, value in enumerate(curve, start=1):
+        tune.report({"epoch": epoch, config["metric"]: value})
+    if fail:
+        raise ValueError("toy trial failed")
+
+
+def test_summary_best_and_final_values_child_runs_and_figures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """summarize() on a real ResultGrid of toy trials: best = the best value a trial ever reported (the peak
+    of rank 1 beats the steadier rank 2, whose last value is higher), final = its last value; stopped and
+    failed trials are marked; every child run is closed; the parent run gets the table and the figures."""
+    import ray
+    from mlflow import MlflowClient
+    from ray import tune as rtune
+    from rich.console import Console
+
+    from pipelines import tune
+    from vista import tracking
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.setenv("RAY_TMPDIR", f"/tmp/vt{os.getpid()}")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    p = sweep_params(
+        tmp_path, "tune.search_space={model.attention.rank: {choice: [1, 2, 3, 5]}}", "tune.scheduler.max_epochs=3"
+    )
+    metric, mode = tune.metric_and_mode(p)
+    assert mode == "max"
+    parent = tracking.start_run(uri, "vista", "toy", {}, {"vista.kind": "sweep"})
+    space = {
+        "overrides": rtune.grid_search([{"model.attention.rank": r} for r in TOY_CURVES]),
+        "tracking_uri": uri,
+        "parent_run_id": parent,
+        "sweep": "toy",
+        "metric": metric,
+    }
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        grid = rtune.Tuner(
+            rtune.with_resources(toy_trial, {"CPU": 0.5}),
+            param_space=space,
+            tune_config=rtune.TuneConfig(metric=metric, mode=mode),
+            run_config=rtune.RunConfig(name="toy", storage_path=str(tmp_path / "tune_runs"), verbose=0),
+        ).fit()
+    finally:
+        ray.shutdown()
+    best = tune.summarize(p, grid, "toy", uri, parent, Console(quiet=True))
+
+    assert best["best"] == {"model.attention.rank": 1} and best["value"] == pytest.approx(0.9) and best["trials"] == 4
+    df = pd.read_parquet(tmp_path / "tune" / "results.parquet").set_index("model.attention.rank")
+    assert list(df.index) == [1, 2, 5, 3]  # by best value
+    assert df[f"best {metric}"].tolist() == pytest.approx([0.9, 0.8, 0.45, 0.3])
+    assert df[f"final {metric}"].tolist() == pytest.approx([0.6, 0.8, 0.45, 0.3])
+    assert df["epochs"].tolist() == [3, 3, 2, 1]
+    assert df["stopped_early"].tolist() == [False, False, True, False]  # a failed trial did not stop early
+    assert df["error"].notna().tolist() == [False, False, False, True]
+    assert (
+        validate_params(yaml.safe_load((tmp_path / "tune" / "best_params.yaml").read_text())).model.attention.rank == 1
+    )
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("vista").experiment_id])
+    children = {int(r.data.tags["rank"]): r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    assert {r: c.info.status for r, c in children.items()} == {1: "FINISHED", 2: "FINISHED", 3: "FAILED", 5: "FINISHED"}
+    assert children[5].data.tags["tune.stopped_early"] == "true" and children[5].data.tags["tune.epochs"] == "2"
+    parent_run = client.get_run(parent)
+    assert parent_run.info.status == "FINISHED"
+    assert parent_run.data.metrics[f"best {metric}".replace(" ", "_")] == pytest.approx(0.9)
+    for name in ("metric_vs_params.png", "parallel_coordinates.png"):
+        logged = Path(client.download_artifacts(parent, name, str(tmp_path / "dl")))
+        assert logged.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name  # a figure logged as PNG
+        assert (tmp_path / "tune" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name  # and written beside
+
+
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(shards: Path) -> None:
     """Kill the sweep's driver after its first trial finished; running it again completes the sweep, and the
     finished trial's Ray Train run is not trained again."""

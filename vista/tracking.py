@@ -210,6 +210,11 @@ def log_artifact_bytes(uri: str, run_id: str, name: str, data: bytes) -> None:
         _client(uri).log_artifact(run_id, str(path))
 
 
+def log_figure(uri: str, run_id: str, figure: Any, artifact_file: str, dpi: int = 100) -> None:
+    """A matplotlib figure as the artifact ``artifact_file`` of the run (the format follows its extension)."""
+    _client(uri).log_figure(run_id, figure, artifact_file, save_kwargs={"dpi": dpi})
+
+
 def end_run(uri: str, run_id: str, status: str = "FINISHED", reason: str | None = None) -> None:
     """Terminate the run; a FAILED run gets its ``reason`` as the tag ``vista.failure``."""
     client = _client(uri)
