@@ -233,45 +233,58 @@ def summarize(params: Params, grid: Any, name: str, uri: str, parent: str, conso
 
     metric, mode = metric_and_mode(params)
     max_epochs = params.tune.scheduler.max_epochs or params.train.epochs
+    keys = list(params.tune.search_space)
+    # one row per trial that reported anything: its last report, and the report where the metric was best
+    final = grid.get_dataframe()
+    if "trial_id" not in final:
+        first = f": {grid.errors[0]}" if grid.errors else ""
+        raise RuntimeError(f"sweep {name}: no trial reported any result ({grid.num_errors} failed){first}")
+    final = final.set_index("trial_id")
+    nan = float("nan")
+    try:
+        peak = grid.get_dataframe(filter_metric=metric, filter_mode=mode).set_index("trial_id")
+    except ValueError:
+        # a trial reported the metric only as NaN: Ray's idxmax raises under pandas 3 (Ray catches TypeError
+        # only); take each trial's best value from its own history then
+        peak = pd.DataFrame(
+            {metric: {r.metrics["trial_id"]: _best_value(r.metrics_dataframe, metric, mode) for r in grid if r.metrics}}
+        )
     rows = []
-    for result in grid:
-        if result.metrics is None or "trial_id" not in result.metrics:
+    for result in grid:  # what the data frames do not say: the trial's error; and its MLflow child run
+        trial_id = (result.metrics or {}).get("trial_id")
+        if trial_id not in final.index:
             continue
-        history = result.metrics_dataframe
-        values = history[metric].dropna() if history is not None and metric in history else pd.Series(dtype=float)
-        overrides = dict(result.config["overrides"])
-        epochs = int(result.metrics.get("epoch", 0))
+        epochs = int(final.at[trial_id, "epoch"]) if "epoch" in final and pd.notna(final.at[trial_id, "epoch"]) else 0
         stopped = result.error is None and epochs < max_epochs
         # ASHA stops a trial by ending its process: its child run is closed here
-        child = tracking.find_run(uri, params.tracking.experiment, f"{name}/{result.metrics['trial_id']}")
+        child = tracking.find_run(uri, params.tracking.experiment, f"{name}/{trial_id}")
         if child is not None:
             tracking.end_run(uri, child, "FAILED" if result.error else "FINISHED")
             tracking.set_tags(uri, child, {"tune.stopped_early": str(stopped).lower(), "tune.epochs": str(epochs)})
         rows.append(
             {
-                "trial_id": result.metrics["trial_id"],
-                **overrides,
+                "trial_id": trial_id,
+                **dict(result.config["overrides"]),
                 "epochs": epochs,
                 "stopped_early": stopped,
                 "error": str(result.error)[:500] if result.error else None,
-                f"final {metric}": float(values.iloc[-1]) if len(values) else float("nan"),
-                f"best {metric}": float(values.max() if mode == "max" else values.min())
-                if len(values)
-                else float("nan"),
+                f"final {metric}": float(final.at[trial_id, metric]) if metric in final else nan,
+                f"best {metric}": float(peak.at[trial_id, metric])
+                if trial_id in peak.index and metric in peak
+                else nan,
             }
         )
-    if not rows:
-        raise RuntimeError(f"sweep {name}: no trial reported any result")
     df = pd.DataFrame(rows).sort_values(f"best {metric}", ascending=mode == "min", na_position="last")
+    # the best trial: the best value it ever reported (scope "all"), not its last one (ASHA may have cut it)
+    best_result = grid.get_best_result(metric, mode, scope="all")
+    best_overrides = {k: _plain(v) for k, v in best_result.config["overrides"].items()}
+    best = df.set_index("trial_id").loc[best_result.metrics["trial_id"]]
     out = Path(params.tune.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     df.to_parquet(out / RESULTS_FILE, index=False)
-    best = df.iloc[0]
-    keys = list(params.tune.search_space)
-    best_overrides = {k: _plain(best[k]) for k in keys}
     best_params = trial_params(params.model_dump(mode="json"), best_overrides)
     header = (
-        f"# best trial {best['trial_id']} of sweep {name}: {metric} = {best[f'best {metric}']:.6g} ({mode})\n"
+        f"# best trial {best.name} of sweep {name}: {metric} = {best[f'best {metric}']:.6g} ({mode})\n"
         f"# swept: {', '.join(f'{k}={best_overrides[k]!r}' for k in keys)}\n"
         "# `vista tune promote` shows the difference to params.yaml; `--write` applies it\n"
     )
@@ -303,8 +316,14 @@ def summarize(params: Params, grid: Any, name: str, uri: str, parent: str, conso
     console.print(
         f"best: {best_overrides} -> {metric} {best[f'best {metric}']:.4f} (spread over trials "
         f"{values.min():.4f} .. {values.max():.4f}); wrote {out / RESULTS_FILE}, {out / BEST_FILE}"
+        + (f"; {grid.num_errors} trial(s) failed (column error)" if grid.num_errors else "")
     )
     return {"name": name, "best": best_overrides, "value": float(best[f"best {metric}"]), "trials": len(df)}
+
+
+def _best_value(history: Any, metric: str, mode: str) -> float:
+    values = history[metric].dropna() if history is not None and metric in history else []
+    return float(values.max() if mode == "max" else values.min()) if len(values) else float("nan")
 
 
 def _plain(value: Any) -> Any:

@@ -100,7 +100,13 @@ def test_asha_sweep_nests_trials_in_mlflow_and_writes_valid_best_params(shards: 
 
 
 # per swept rank: the val metric a toy trial reports at epochs 1, 2, ...; whether it then raises
-TOY_CURVES = {1: ([0.5, 0.9, 0.6], False), 2: ([0.7, 0.8, 0.8], False), 3: ([0.3], True), 5: ([0.4, 0.45], False)}
+TOY_CURVES = {
+    1: ([0.5, 0.9, 0.6], False),
+    2: ([0.7, 0.8, 0.8], False),
+    3: ([0.3], True),
+    4: ([float("nan")], False),  # diverged: never the best trial, sorted last
+    5: ([0.4, 0.45], False),
+}
 
 
 def toy_trial(config: dict) -> None:
@@ -162,14 +168,14 @@ def test_summary_best_and_final_values_child_runs_and_figures(tmp_path: Path, mo
         ray.shutdown()
     best = tune.summarize(p, grid, "toy", uri, parent, Console(quiet=True))
 
-    assert best["best"] == {"model.attention.rank": 1} and best["value"] == pytest.approx(0.9) and best["trials"] == 4
+    assert best["best"] == {"model.attention.rank": 1} and best["value"] == pytest.approx(0.9) and best["trials"] == 5
     df = pd.read_parquet(tmp_path / "tune" / "results.parquet").set_index("model.attention.rank")
-    assert list(df.index) == [1, 2, 5, 3]  # by best value
-    assert df[f"best {metric}"].tolist() == pytest.approx([0.9, 0.8, 0.45, 0.3])
-    assert df[f"final {metric}"].tolist() == pytest.approx([0.6, 0.8, 0.45, 0.3])
-    assert df["epochs"].tolist() == [3, 3, 2, 1]
-    assert df["stopped_early"].tolist() == [False, False, True, False]  # a failed trial did not stop early
-    assert df["error"].notna().tolist() == [False, False, False, True]
+    assert list(df.index) == [1, 2, 5, 3, 4]  # by best value
+    assert df[f"best {metric}"].tolist() == pytest.approx([0.9, 0.8, 0.45, 0.3, float("nan")], nan_ok=True)
+    assert df[f"final {metric}"].tolist() == pytest.approx([0.6, 0.8, 0.45, 0.3, float("nan")], nan_ok=True)
+    assert df["epochs"].tolist() == [3, 3, 2, 1, 1]
+    assert df["stopped_early"].tolist() == [False, False, True, False, True]  # a failed trial did not stop early
+    assert df["error"].notna().tolist() == [False, False, False, True, False]
     assert (
         validate_params(yaml.safe_load((tmp_path / "tune" / "best_params.yaml").read_text())).model.attention.rank == 1
     )
@@ -177,7 +183,13 @@ def test_summary_best_and_final_values_child_runs_and_figures(tmp_path: Path, mo
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("vista").experiment_id])
     children = {int(r.data.tags["rank"]): r for r in runs if "mlflow.parentRunId" in r.data.tags}
-    assert {r: c.info.status for r, c in children.items()} == {1: "FINISHED", 2: "FINISHED", 3: "FAILED", 5: "FINISHED"}
+    assert {r: c.info.status for r, c in children.items()} == {
+        1: "FINISHED",
+        2: "FINISHED",
+        3: "FAILED",
+        4: "FINISHED",
+        5: "FINISHED",
+    }
     assert children[5].data.tags["tune.stopped_early"] == "true" and children[5].data.tags["tune.epochs"] == "2"
     parent_run = client.get_run(parent)
     assert parent_run.info.status == "FINISHED"
