@@ -96,6 +96,7 @@ NOT_OUTPUT_CODE = {
     "pipelines/__init__.py": "empty",
     "vista/__init__.py": "the version string",
     "pipelines/progress.py": "console progress bars",
+    "pipelines/feed.py": "the console line per epoch",
     "vista/tracking.py": "MLflow logging (train: the card's MLflow run id differs on every run anyway)",
 }
 
