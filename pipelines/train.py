@@ -434,6 +434,15 @@ def save_samples(model: torch.nn.Module, shards: str, params: Params, path: Path
     Image.fromarray(np.concatenate(prediction_panels(model, batch, params), axis=0)).save(path)
 
 
+def failure_reason(err: BaseException) -> str:
+    """What each failing Ray Train worker raised, one ``rank r: Type: message`` per rank (Ray's own text,
+    a traceback per worker, stays in the worker logs and on the console with ``--verbose``)."""
+    failures = getattr(err, "worker_failures", None)
+    if not failures:
+        return str(err)
+    return "; ".join(f"rank {rank}: {type(e).__name__}: {e}" for rank, e in sorted(failures.items()))
+
+
 def preflight(params: Params) -> None:
     """What can fail before Ray starts or an MLflow run opens, checked first: the metric that selects the
     best checkpoint, the splits, and the model itself (built without downloads and run once on a small
@@ -496,10 +505,15 @@ def run(
         uri, params.tracking.experiment, run_name(params), params.flatten(), tags, artifacts=["params.yaml", "dvc.lock"]
     )
     console.print(f"MLflow run {run_id} ({tracking.redact(uri)})")
+    from ray.train import TrainingFailedError
+
     try:
-        result, shards = fit(params, (uri, run_id), feed=console, verbose=verbose)
+        try:
+            result, shards = fit(params, (uri, run_id), feed=console, verbose=verbose)
+        except TrainingFailedError as err:  # one line per failing worker, not Ray's traceback panel
+            raise RuntimeError(f"training failed: {failure_reason(err)}") from err
         if result.error:
-            raise RuntimeError(f"training failed: {result.error}")
+            raise RuntimeError(f"training failed: {failure_reason(result.error)}")
         best = best_checkpoint_state(result, t.best_metric, t.best_mode)
         with result.checkpoint.as_directory() as d:
             history = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)["history"]

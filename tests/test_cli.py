@@ -66,6 +66,45 @@ def test_settings_that_cannot_train_fail_before_ray_or_mlflow(tmp_path: Path, ov
     assert not (tmp_path / "m.db").exists()
 
 
+def test_a_failed_training_is_one_line_per_worker_and_a_failed_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ray Train's failure (a `WorkerGroupError` with each rank's exception) becomes one `error:` line naming
+    what each worker raised, and the MLflow run is FAILED with that reason (was: Ray's traceback panel)."""
+    from ray.train import WorkerGroupError
+
+    from pipelines import prepare, shard, train
+    from vista.config import load_params
+    from vista.data.webdata import ShardReadError
+
+    base = ["--params", str(ROOT / "params.yaml"), "--profile", "smoke"]
+    sets = [f"data.prepared_dir={tmp_path / 'p'}", f"data.shards_dir={tmp_path / 's'}"]
+    sets += [f"tracking.uri=sqlite:///{tmp_path / 'm.db'}", f"train.models_dir={tmp_path / 'models'}"]
+    p = load_params(ROOT / "params.yaml", sets, profile="smoke")
+    prepare.run(p)
+    shard.run(p)
+    failures = {
+        1: ShardReadError("s/train-000000.tar: sample 'a' cannot be decoded"),
+        0: FloatingPointError("loss is nan"),
+    }
+
+    def failing_fit(*_a: object, **_k: object) -> None:
+        raise WorkerGroupError("Ray's long text with tracebacks", failures)
+
+    monkeypatch.setattr(train, "fit", failing_fit)
+    r = runner.invoke(app, ["train", *base, *(x for s in sets for x in ("--set", s))])
+    reason = (
+        "training failed: rank 0: FloatingPointError: loss is nan; "
+        "rank 1: ShardReadError: s/train-000000.tar: sample 'a' cannot be decoded"
+    )
+    assert r.exit_code == 1 and reason in " ".join(r.output.split()) and "Traceback" not in r.output
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name(p.tracking.experiment).experiment_id])
+    assert run.info.status == "FAILED" and reason in run.data.tags["vista.failure"]
+
+
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
 def test_ui_stops_its_server_and_its_workers(tmp_path: Path, signame: str) -> None:
