@@ -63,10 +63,15 @@ class EpochFeed:
     becomes a line on ``console`` (:func:`epoch_line`). Needs Ray initialised."""
 
     def __init__(self, console: Console, epochs: int, metric: str, budget_s: float | None = None) -> None:
+        import ray
         from ray.util.queue import Queue
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         self.console, self.epochs, self.metric, self.budget_s = console, epochs, metric, budget_s
-        self._queue = Queue(actor_options={"num_cpus": 0})  # takes no CPU from the training workers
+        # no CPU taken from the training workers; on the driver's node (like Ray Train's controller), so a
+        # worker node that fails does not take the feed with it
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self._queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
         self.callback = _ToQueue(self._queue)
         self._thread = threading.Thread(target=self._print, name="epoch-feed", daemon=True)
 

@@ -40,6 +40,7 @@ from vista.visualize import colorize_depth, colorize_normals, colorize_seg, deno
 
 CHECKPOINT_FILE = "model.pt"
 SCORE_KEY = "checkpoint/score"  # train.best_metric, NaN on epochs without an evaluation
+NODES_TAG = "vista.worker_nodes"  # MLflow tag: the Ray node id of each rank (JSON list, index = rank)
 
 
 def run_name(params: Params) -> str:
@@ -75,6 +76,18 @@ def data_version(shards: str) -> str:
 # --------------------------------------------------------------------------------------------------
 # Worker
 # --------------------------------------------------------------------------------------------------
+
+
+def worker_nodes(world: int) -> list[str]:
+    """The Ray node id of every rank (index = rank), gathered over the process group."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    if world == 1 or not torch.distributed.is_initialized():
+        return [node]
+    nodes: list[str] = [""] * world
+    torch.distributed.all_gather_object(nodes, node)
+    return nodes
 
 
 def seg_class_weights(params: Params, index: dict[str, Any]) -> list[float] | None:
@@ -149,6 +162,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
+    nodes = worker_nodes(world)
     torch.manual_seed(t.seed)  # identical init on every rank (DDP also broadcasts rank 0's weights)
 
     net0 = build_model(params)
@@ -189,6 +203,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     history: list[dict[str, Any]] = []
     start = 1
     monitor = None
+    if rank == 0 and run_id:  # where this attempt's ranks run (after a node failure they may have moved)
+        tracking.set_tags(uri, run_id, {NODES_TAG: json.dumps(nodes)})
     if rank == 0 and run_id and params.tracking.system_metrics_s > 0:
         monitor = tracking.system_metrics(uri, run_id, params.tracking.system_metrics_s, resume=checkpoint is not None)
     try:
@@ -243,6 +259,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                         metrics=row,
                         history=history,
                         elapsed_s=elapsed,
+                        worker_nodes=nodes,
                     )
                     ckpt = ray.train.Checkpoint.from_directory(d)
                 # the retention score: epochs without an evaluation rank below every evaluated one (NaN)
@@ -516,7 +533,8 @@ def run(
             raise RuntimeError(f"training failed: {failure_reason(result.error)}")
         best = best_checkpoint_state(result, t.best_metric, t.best_mode)
         with result.checkpoint.as_directory() as d:
-            history = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)["history"]
+            last = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        history = last["history"]
     except BaseException as err:  # Ctrl-C included: the MLflow run must not stay RUNNING
         tracking.end_run(uri, run_id, "FAILED", reason=f"{type(err).__name__}: {err}")
         raise
@@ -536,6 +554,7 @@ def run(
         "data": {"dataset": params.data.dataset, "shards": shards, "version": data_version(shards)},
         "params": best["params"],
         "history": history,
+        "ray": {"worker_nodes": last.get("worker_nodes", [])},  # the node id of each rank, last attempt
     }
     card["mlflow"] = {"tracking_uri": tracking.redact(uri), "run_id": run_id}
     (out / "model_card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")

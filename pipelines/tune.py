@@ -138,6 +138,17 @@ def _storage(path: str) -> str:
     return path if "://" in path else str(Path(path).resolve())
 
 
+def storage_join(storage: str, *parts: str) -> str:
+    """``storage``/parts for a folder or a URI whose query holds filesystem options
+    (``s3://bucket/prefix?endpoint_override=host:port&scheme=http`` -> ``s3://bucket/prefix/a/b?...``)."""
+    if "://" not in storage:
+        return str(Path(storage, *parts))
+    from urllib.parse import urlsplit, urlunsplit
+
+    u = urlsplit(storage)
+    return urlunsplit(u._replace(path="/".join([u.path.rstrip("/"), *parts])))
+
+
 def run(params: Params, console: Console | None = None) -> dict[str, Any]:
     """Run (or resume) the sweep; write results.parquet and best_params.yaml; return the best trial."""
     import ray
@@ -180,10 +191,10 @@ def run(params: Params, console: Console | None = None) -> dict[str, Any]:
         "tracking_uri": worker_uri,
         "parent_run_id": parent,
         "sweep": name,
-        "train_storage": str(Path(storage) / name / "_train") if "://" not in storage else f"{storage}/{name}/_train",
+        "train_storage": storage_join(storage, name, "_train"),
     }
     trainable = tune.with_resources(run_trial, dict(tp.trial_resources))
-    path = f"{storage}/{name}"
+    path = storage_join(storage, name)
     if tune.Tuner.can_restore(path):
         console.print(f"resuming sweep {name} from {path}")
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True, param_space=config)

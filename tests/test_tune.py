@@ -303,3 +303,14 @@ def test_promote_shows_the_diff_and_writes_only_when_asked(tmp_path: Path) -> No
     after = load_params(params_file)
     assert after.model.attention.rank == 5 and after.train.lr == 0.001
     assert "# The single source of every setting" in params_file.read_text()  # comments kept
+
+
+def test_storage_join_keeps_filesystem_options_at_the_end() -> None:
+    from pipelines.tune import storage_join
+
+    s3 = "s3://bucket/tune?endpoint_override=127.0.0.1:9000&scheme=http"
+    assert (
+        storage_join(s3, "sweep", "_train")
+        == "s3://bucket/tune/sweep/_train?endpoint_override=127.0.0.1:9000&scheme=http"
+    )
+    assert storage_join("/data/tune", "sweep") == "/data/tune/sweep"
