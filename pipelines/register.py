@@ -3,7 +3,12 @@
 - The model is logged into its training run as a pyfunc from code (``vista/mlflow_model.py``, nothing
   cloudpickled; uint8 RGB ``N×H×W×3`` in, any batch/H/W; per-task arrays out; the vista code, the checkpoint
   and pinned pip requirements ship with it) and registered as version N of
-  ``registry.model_name``, tagged with all its evaluation metrics, the data version and the checkpoint hash.
+  ``registry.model_name``, tagged with the dataset, data version, model name, gate metric and checkpoint
+  hash. Its evaluation metrics (``eval/metrics.json``, keys ``split/task/metric``) are logged as metrics of
+  the logged model, linked to the dataset and data version (MLflow records them in the training run too,
+  at the model's epoch).
+- Descriptions (markdown, shown in the MLflow UI): each new version says what was trained on which data
+  version, its gate metric and the gate decision; the registered model says what its aliases hold.
 - Alias ``challenger`` -> the new version. Alias ``champion`` moves to it only when its gate metric
   (``registry.gate_metric`` from ``eval/metrics.json``, default ``train.best_metric`` on ``eval.split``)
   beats the current champion's by more than ``registry.min_delta`` (or when there is no champion yet).
@@ -26,7 +31,7 @@ from vista.config import Params, flatten
 
 from .evaluate import EVAL_DIR
 
-METRIC_TAG = "metric."  # version tags: metric.<split/task/metric> = value
+LEGACY_METRIC_TAG = "metric."  # older versions: metric.<split/task/metric> = value tags (now model metrics)
 SHA_TAG = "checkpoint_sha256"
 
 
@@ -41,6 +46,29 @@ def beats(new: float, old: float, mode: str, min_delta: float) -> bool:
     return new > old + min_delta if mode == "max" else new < old - min_delta
 
 
+def summary(info: dict[str, str], key: str, value: float | str | None) -> str:
+    """``vista_r18 trained on synthetic (data version 1a2b3c4d5e6f), val/seg/miou 0.6123`` (markdown)."""
+    number = f"{float(value):.4f}" if value is not None else "not measured"
+    data = tracking.dataset_digest(info.get("data_version", "unknown"))
+    model, dataset = info.get("model", "?"), info.get("dataset", "?")
+    return f"**{model}** trained on **{dataset}** (data version `{data}`), {key} {number}"
+
+
+def model_description(params: Params, champion: str, held: str, challenger: str) -> str:
+    """The registered model's description (markdown): what its versions are and what its aliases hold."""
+    key, mode = gate(params)
+    name, delta = params.registry.model_name, params.registry.min_delta
+    margin = f", by more than {delta:g}" if delta else ""
+    return (
+        "VISTA-Net multi-task models registered by `vista register`, one version per trained checkpoint; "
+        "each version's evaluation metrics are on its logged model.\n\n"
+        f"- `@champion`: version {champion}, {held}. It moves only to a version whose {key} beats it "
+        f"({mode}{margin}).\n"
+        f"- `@challenger`: the version registered last, {challenger}.\n\n"
+        f'Load: `mlflow.pyfunc.load_model("models:/{name}@champion")`'
+    )
+
+
 def run(params: Params, console: Console | None = None) -> dict[str, Any]:
     console = console or Console()
     models = Path(params.train.models_dir)
@@ -48,7 +76,7 @@ def run(params: Params, console: Console | None = None) -> dict[str, Any]:
     for path, how in ((best, "vista train"), (card_path, "vista train"), (metrics_path, "vista evaluate")):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing (run `{how}` first, or `dvc repro`)")
-    _, trained = read_trained(best)  # what is registered is the model as trained, whatever params.yaml says now
+    state, trained = read_trained(best)  # what is registered is the model as trained, whatever params.yaml says now
     card = json.loads(card_path.read_text())
     metrics = {k: float(v) for k, v in flatten(json.loads(metrics_path.read_text()), sep="/").items()}
     key, mode = gate(params)
@@ -63,43 +91,51 @@ def run(params: Params, console: Console | None = None) -> dict[str, Any]:
     if not run_id:
         raise ValueError(f"{card_path}: no MLflow run id (train with this version of vista to get one)")
     sha = hashlib.sha256(best.read_bytes()).hexdigest()
+    data = card.get("data", {})
+    dataset, data_version = data.get("dataset") or trained.data.dataset, data.get("version", "unknown")
 
     version = tracking.find_version(uri, name, SHA_TAG, sha)
-    if version is not None:
-        console.print(f"{best} is already registered as {name} version {version}")
-        model_uri = f"models:/{name}/{version}"
+    created = version is None
+    if created:
+        model_id = tracking.log_model(uri, run_id, best, list(trained.model.tasks))
+        # the evaluation belongs to the model (and shows in its run at the epoch the model comes from)
+        epoch = int(card.get("best_epoch", state.get("epoch", 0)))
+        tracking.log_model_metrics(uri, run_id, model_id, metrics, epoch, (dataset, data_version))
+        tags = {SHA_TAG: sha, "data_version": data_version, "dataset": dataset, "model": trained.model.name}
+        version = tracking.register_model(uri, name, model_id, {**tags, "gate_metric": key})
+        console.print(f"registered {name} version {version} (models:/{model_id}, run {run_id})")
     else:
-        logged = tracking.log_model(uri, run_id, best, list(trained.model.tasks))
-        tags = {
-            SHA_TAG: sha,
-            "data_version": card.get("data", {}).get("version", "unknown"),
-            "model": trained.model.name,
-            "gate_metric": key,
-            **{f"{METRIC_TAG}{k}": f"{v:.6g}" for k, v in metrics.items()},
-        }
-        version = tracking.register_model(uri, name, logged, tags)
-        model_uri = f"models:/{name}/{version}"
-        console.print(f"registered {name} version {version} ({logged}, run {run_id})")
+        console.print(f"{best} is already registered as {name} version {version}")
+    model_uri = f"models:/{name}/{version}"
     tracking.set_alias(uri, name, "challenger", version)
 
     current = tracking.version_by_alias(uri, name, "champion")
     if current is None:
         promote, reason = True, "no champion yet"
-    elif current[0] == version:
+    elif current.version == version:
         promote, reason = True, f"version {version} is the champion already"
     else:
-        old = current[1].get(f"{METRIC_TAG}{key}")
+        # versions registered before their metrics went to the logged model carried them as tags
+        old = current.metrics.get(key, current.tags.get(f"{LEGACY_METRIC_TAG}{key}"))
         if old is None:
-            promote, reason = False, f"champion version {current[0]} has no {key} to compare; kept"
+            promote, reason = False, f"champion version {current.version} has no {key} to compare; kept"
         else:
             promote = beats(value, float(old), mode, reg.min_delta)
             cmp = "beats" if promote else "does not beat"
-            reason = f"{key} {value:.4f} {cmp} champion version {current[0]}'s {float(old):.4f} ({mode})"
-            if current[1].get("data_version") != card.get("data", {}).get("version"):
-                console.print(f"[yellow]note:[/] champion version {current[0]} was evaluated on other data")
+            reason = f"{key} {value:.4f} {cmp} champion version {current.version}'s {float(old):.4f} ({mode})"
+            if current.tags.get("data_version") != data_version:
+                console.print(f"[yellow]note:[/] champion version {current.version} was evaluated on other data")
     if promote:
         tracking.set_alias(uri, name, "champion", version)
-    champion = version if promote else current[0]  # type: ignore[index]
+    champion = version if promote else current.version  # type: ignore[union-attr]
+    this = {"model": trained.model.name, "dataset": dataset, "data_version": data_version}
+    if created:  # what this version is, and the decision taken when it came in
+        origin = f"run `{card.get('run_name') or run_id}`, epoch {epoch}"
+        verdict = f"promoted to champion: {reason}" if promote else f"kept as challenger: {reason}"
+        tracking.describe(uri, name, f"{summary(this, key, value)}; {origin}.\n\nGate: {verdict}.", version)
+    # a champion that stays is described by its own tags and metrics
+    held = summary(this, key, value) if promote else summary(current.tags, key, old)  # type: ignore[union-attr]
+    tracking.describe(uri, name, model_description(params, champion, held, version))
     console.print(
         f"{name}: challenger -> version {version}; champion -> version {champion} ({reason})\n"
         f"load it with mlflow.pyfunc.load_model('models:/{name}@champion') or "

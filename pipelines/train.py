@@ -518,10 +518,13 @@ def run(
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc_experiment"] = os.environ["DVC_EXP_NAME"]
     tags.update(extra_tags or {})
+    experiment = params.experiment_name()
     run_id = tracking.start_run(
-        uri, params.tracking.experiment, run_name(params), params.flatten(), tags, artifacts=["params.yaml", "dvc.lock"]
+        uri, experiment, run_name(params), params.flatten(), tags, artifacts=["params.yaml", "dvc.lock"]
     )
-    console.print(f"MLflow run {run_id} ({tracking.redact(uri)})")
+    # the runs table's Dataset column: which data, at which version, from where
+    tracking.log_dataset(uri, run_id, params.data.dataset, tags["data_version"], shards, "training")
+    console.print(f"MLflow run {run_id} in experiment {experiment} ({tracking.redact(uri)})")
     from ray.train import TrainingFailedError
 
     try:

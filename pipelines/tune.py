@@ -117,7 +117,8 @@ def run_trial(config: dict[str, Any]) -> None:
     uri, parent, sweep = tracking.from_driver(config["tracking_uri"]), config["parent_run_id"], config["sweep"]
     tags = {"mlflow.parentRunId": parent, "sweep": sweep, "trial_id": trial_id}
     tags.update({f"tune.{k}": json.dumps(v) for k, v in config["overrides"].items()})
-    run_id = tracking.start_run(uri, params.tracking.experiment, f"{sweep}/{trial_id}", params.flatten(), tags)
+    experiment = config.get("experiment") or params.experiment_name()  # absent in sweeps saved by older vista
+    run_id = tracking.start_run(uri, experiment, f"{sweep}/{trial_id}", params.flatten(), tags)
     # how many times this trial's function started: > 1 when a restored sweep resumed it
     attempt = len(tracking.run_metrics_history(uri, run_id, "tune/attempt")) + 1
     tracking.log_metrics(uri, run_id, {"tune/attempt": attempt}, step=attempt)
@@ -172,8 +173,9 @@ def run(params: Params, console: Console | None = None) -> dict[str, Any]:
     storage = _storage(tp.storage_path)
     uri = tracking.tracking_uri(params.tracking.uri)
     tracking.check_server(uri)
+    experiment = params.experiment_name()  # the trials' too, whatever they sweep (child runs nest in the parent's)
     parent = tracking.start_run(
-        uri, params.tracking.experiment, name, params.flatten(), {"sweep": name, "vista.kind": "sweep"}, ["params.yaml"]
+        uri, experiment, name, params.flatten(), {"sweep": name, "vista.kind": "sweep"}, ["params.yaml"]
     )
     max_epochs = tp.scheduler.max_epochs or params.train.epochs
     console.print(
@@ -190,6 +192,7 @@ def run(params: Params, console: Console | None = None) -> dict[str, Any]:
         "base": base_tree(params),
         "tracking_uri": worker_uri,
         "parent_run_id": parent,
+        "experiment": experiment,
         "sweep": name,
         "train_storage": storage_join(storage, name, "_train"),
     }
@@ -268,7 +271,7 @@ def summarize(params: Params, grid: Any, name: str, uri: str, parent: str, conso
         epochs = int(final.at[trial_id, "epoch"]) if "epoch" in final and pd.notna(final.at[trial_id, "epoch"]) else 0
         stopped = result.error is None and epochs < max_epochs
         # ASHA stops a trial by ending its process: its child run is closed here
-        child = tracking.find_run(uri, params.tracking.experiment, f"{name}/{trial_id}")
+        child = tracking.find_run(uri, params.experiment_name(), f"{name}/{trial_id}")
         if child is not None:
             tracking.end_run(uri, child, "FAILED" if result.error else "FINISHED")
             tracking.set_tags(uri, child, {"tune.stopped_early": str(stopped).lower(), "tune.epochs": str(epochs)})

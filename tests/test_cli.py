@@ -101,7 +101,7 @@ def test_a_failed_training_is_one_line_per_worker_and_a_failed_run(
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
-    (run,) = client.search_runs([client.get_experiment_by_name(p.tracking.experiment).experiment_id])
+    (run,) = client.search_runs([client.get_experiment_by_name(p.experiment_name()).experiment_id])
     assert run.info.status == "FAILED" and reason in run.data.tags["vista.failure"]
 
 

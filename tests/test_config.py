@@ -19,6 +19,14 @@ def test_repo_params_validate_and_smoke_profile_shrinks() -> None:
     assert s.model.name == p.model.name
 
 
+def test_one_mlflow_experiment_per_dataset_unless_named() -> None:
+    assert load_params(PARAMS).experiment_name() == "vista/synthetic"
+    assert load_params(PARAMS, ["data.dataset=camvid"]).experiment_name() == "vista/camvid"
+    assert load_params(PARAMS, ["data.dataset=camvid", "tracking.experiment=mine"]).experiment_name() == "mine"
+    with pytest.raises(ParamsError, match="tracking.experiment"):
+        load_params(PARAMS, ["tracking.experiment=''"])
+
+
 def test_profile_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VISTA_PROFILE", "smoke")
     assert load_params(PARAMS).data.image_size == (64, 64)

@@ -78,7 +78,28 @@ def test_champion_moves_only_when_the_gate_metric_improves(project: tuple[Params
     assert register.run(params)["version"] == "3"
     from mlflow import MlflowClient
 
-    assert len(MlflowClient(uri).search_model_versions("name = 'vista'")) == 3
+    client = MlflowClient(uri)
+    versions = {v.version: v for v in client.search_model_versions("name = 'vista'")}
+    assert len(versions) == 3
+    # each version: a few tags, its evaluation as metrics of its logged model, a description of what it is
+    for v in versions.values():
+        assert not [k for k in v.tags if k.startswith("metric.")], v.tags
+        assert v.tags["data_version"] == "d1" and v.tags["dataset"] == "synthetic"
+        logged = client.get_logged_model(tracking.version_model_id(v))
+        assert {m.key for m in logged.metrics} == {"val/seg/miou", "val/seg/pixel_acc", "val/depth/abs_rel"}
+        assert {(m.dataset_name, m.dataset_digest) for m in logged.metrics} == {("synthetic", "d1")}
+    miou = {
+        v: next(
+            m.value for m in client.get_logged_model(tracking.version_model_id(mv)).metrics if m.key == "val/seg/miou"
+        )
+        for v, mv in versions.items()
+    }
+    assert miou == {1: 0.5, 2: 0.4, 3: 0.6}
+    assert "val/seg/miou 0.4000" in versions[2].description and "kept as challenger" in versions[2].description
+    assert "trained on **synthetic** (data version `d1`)" in versions[3].description
+    assert "promoted to champion" in versions[3].description and "beats champion version 1" in versions[3].description
+    model = client.get_registered_model("vista")
+    assert "`@champion`: version 3" in model.description and "val/seg/miou 0.6000" in model.description
 
     # a lower-is-better gate: abs_rel 0.3 does not beat version 3's own 0.3 (ties keep the champion)
     write_outputs(params, uri, miou=0.90, seed=4)
@@ -88,6 +109,9 @@ def test_champion_moves_only_when_the_gate_metric_improves(project: tuple[Params
     rec = register.run(p)
     assert rec["version"] == "4" and not rec["gate"]["promoted"]
     assert aliases(uri) == {"challenger": "4", "champion": "3"}
+    # the champion that stays is described with its own value of the gate metric
+    assert "`@champion`: version 3" in client.get_registered_model("vista").description
+    assert "val/depth/abs_rel 0.3000" in client.get_registered_model("vista").description
 
 
 def test_registered_model_loads_as_pyfunc_and_predicts_any_size(project: tuple[Params, str], tmp_path: Path) -> None:

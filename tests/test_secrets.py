@@ -45,6 +45,19 @@ def test_mlflow_params_and_tags_are_stored_redacted(tmp_path: Path) -> None:
     assert run.info.status == "FAILED"
 
 
+def test_dataset_source_is_stored_redacted(tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_id = tracking.start_run(uri, "e", "r", {})
+    tracking.log_dataset(uri, run_id, "camvid", "ab" * 32, f"{SECRET_URI}/shards/camvid")
+    (entry,) = MlflowClient(uri).get_run(run_id).inputs.dataset_inputs
+    assert entry.dataset.name == "camvid" and entry.dataset.digest == "ab" * 6
+    assert entry.dataset.source_type == "http" and "s3cr3t" not in entry.dataset.source
+    assert "http://***@127.0.0.1:9/shards/camvid" in entry.dataset.source
+    assert {t.key: t.value for t in entry.tags} == {"mlflow.data.context": "training"}
+
+
 def test_checkpoint_settings_are_redacted() -> None:
     from pipelines import train
     from vista.config import load_params

@@ -52,7 +52,7 @@ def mlflow_runs(uri: str) -> list:
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
-    exp = client.get_experiment_by_name("vista")
+    exp = client.get_experiment_by_name("vista/synthetic")
     return client.search_runs([exp.experiment_id]) if exp else []
 
 

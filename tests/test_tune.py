@@ -86,7 +86,7 @@ def test_asha_sweep_nests_trials_in_mlflow_and_writes_valid_best_params(shards: 
 
     uri = os.environ["MLFLOW_TRACKING_URI"]
     client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name("vista").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("vista/synthetic").experiment_id])
     parents = [r for r in runs if r.data.tags.get("vista.kind") == "sweep"]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parents) == 1 and len(children) == 4
@@ -120,7 +120,7 @@ def toy_trial(config: dict) -> None:
     curve, fail = TOY_CURVES[rank]
     trial_id = tune.get_context().get_trial_id()
     tags = {"mlflow.parentRunId": config["parent_run_id"], "trial_id": trial_id, "rank": str(rank)}
-    tracking.start_run(config["tracking_uri"], "vista", f"{config['sweep']}/{trial_id}", {}, tags)
+    tracking.start_run(config["tracking_uri"], config["experiment"], f"{config['sweep']}/{trial_id}", {}, tags)
     for epoch, value in enumerate(curve, start=1):
         tune.report({"epoch": epoch, config["metric"]: value})
     if fail:
@@ -148,11 +148,12 @@ def test_summary_best_and_final_values_child_runs_and_figures(tmp_path: Path, mo
     )
     metric, mode = tune.metric_and_mode(p)
     assert mode == "max"
-    parent = tracking.start_run(uri, "vista", "toy", {}, {"vista.kind": "sweep"})
+    parent = tracking.start_run(uri, p.experiment_name(), "toy", {}, {"vista.kind": "sweep"})
     space = {
         "overrides": rtune.grid_search([{"model.attention.rank": r} for r in TOY_CURVES]),
         "tracking_uri": uri,
         "parent_run_id": parent,
+        "experiment": p.experiment_name(),
         "sweep": "toy",
         "metric": metric,
     }
@@ -181,7 +182,7 @@ def test_summary_best_and_final_values_child_runs_and_figures(tmp_path: Path, mo
     )
 
     client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name("vista").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("vista/synthetic").experiment_id])
     children = {int(r.data.tags["rank"]): r for r in runs if "mlflow.parentRunId" in r.data.tags}
     assert {r: c.info.status for r, c in children.items()} == {
         1: "FINISHED",
@@ -260,7 +261,7 @@ def finished_trials(uri: str) -> set[str]:
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
-    exp = client.get_experiment_by_name("vista")
+    exp = client.get_experiment_by_name("vista/synthetic")
     if exp is None:
         return set()
     runs = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'")

@@ -164,10 +164,11 @@ class TrainParams(_Strict):
 
 
 class TrackingParams(_Strict):
-    """MLflow: ``uri`` null = ``$MLFLOW_TRACKING_URI`` or the embedded sqlite file ``mlflow.db``."""
+    """MLflow: ``uri`` null = ``$MLFLOW_TRACKING_URI`` or the embedded sqlite file ``mlflow.db``;
+    ``experiment`` null = one experiment per dataset, ``vista/<data.dataset>`` (see :meth:`Params.experiment_name`)."""
 
     uri: str | None = None
-    experiment: str = "vista"
+    experiment: str | None = Field(None, min_length=1)
     log_images: int = Field(4, ge=0)  # val images logged (prediction panels) at every evaluation
     system_metrics_s: float = Field(10.0, ge=0)  # rank 0 samples CPU/memory/GPU every N seconds; 0: off
 
@@ -298,6 +299,12 @@ class Params(_Strict):
     tune: TuneParams = TuneParams()
     studies: dict[str, StudyParams] = {}
     profiles: dict[str, dict[str, Any]] = {}
+
+    def experiment_name(self) -> str:
+        """The MLflow experiment of train, tune and register: ``tracking.experiment`` when set, else
+        ``vista/<data.dataset>``, so runs on different datasets never share a runs table (their metrics
+        are not comparable)."""
+        return self.tracking.experiment or f"vista/{self.data.dataset}"
 
     def flatten(self) -> dict[str, Any]:
         """Dotted keys to scalar values (lists joined), e.g. for experiment trackers."""

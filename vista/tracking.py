@@ -7,7 +7,9 @@ folder (no server to start). ``$MLFLOW_TRACKING_URI`` or ``tracking.uri`` in par
 run — so training workers (rank 0 only) log into the run the driver created.
 
 One training run (one Ray Train run name) is one MLflow run: a re-run that resumes finds its run again by
-the tag ``vista.run_name``, so the metric history stays in one place.
+the tag ``vista.run_name``, so the metric history stays in one place. Every experiment vista uses is tagged
+as model training (``mlflow.experimentKind``), so the MLflow UI opens it on its runs table, not on the
+GenAI overview.
 """
 
 from __future__ import annotations
@@ -18,14 +20,19 @@ import re
 import subprocess
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 RUN_NAME_TAG = "vista.run_name"
 FAILURE_TAG = "vista.failure"  # the reason a run ended FAILED
+# the experiment kind the MLflow UI (3.x) reads to pick its view; "custom_model_development" = "Model training"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
+DIGEST_CHARS = 12  # MLflow keeps at most 36 characters of a dataset digest; a data version is a sha256
 CHECK_TIMEOUT_S = 5.0  # how long the tracking server may take to answer before any compute starts
 
 _USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
@@ -111,16 +118,19 @@ def _client(uri: str) -> Any:
 
 
 def experiment_id(uri: str, name: str, artifact_root: str | os.PathLike[str] | None = None) -> str:
-    """Get or create experiment ``name``; with a sqlite backend its artifacts go to ``mlartifacts/``."""
+    """Get or create experiment ``name``, tagged as model training (an experiment that has no kind yet gets
+    it; a kind someone set stays). With a sqlite backend its artifacts go to ``mlartifacts/``."""
     client = _client(uri)
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        if EXPERIMENT_KIND_TAG not in exp.tags:
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
         return exp.experiment_id
     location = None
     if uri.startswith("sqlite:"):
         root = Path(artifact_root) if artifact_root else Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts"
         location = root.resolve().as_uri()
-    return client.create_experiment(name, artifact_location=location)
+    return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
 
 
 def git_commit(root: str | os.PathLike[str] = ".") -> str | None:
@@ -194,6 +204,28 @@ def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float], step: int) 
     now = int(time.time() * 1000)
     batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, int | float)]
     _client(uri).log_batch(run_id, metrics=batch)
+
+
+def dataset_digest(version: str) -> str:
+    """The digest MLflow shows for a data version (a sha256 hex): its first :data:`DIGEST_CHARS` characters."""
+    return version[:DIGEST_CHARS]
+
+
+def log_dataset(uri: str, run_id: str, name: str, version: str, source: str, context: str = "training") -> None:
+    """Record dataset ``name`` at data version ``version``, read from ``source`` (a folder or URL, redacted),
+    as an input of the run with context ``context`` (MLflow's ``mlflow.data.context``: the runs table's
+    Dataset column). Only metadata is logged, never the data."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    with warnings.catch_warnings():  # mlflow 3.17 registers local paths twice ("" and file:) and says so
+        warnings.filterwarnings("ignore", "The specified dataset source can be interpreted in multiple ways")
+        found = resolve_dataset_source(redact(source))
+    meta = MetaDataset(found, name=name, digest=dataset_digest(version))
+    entry = DatasetInput(Dataset(**meta.to_dict()), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
+    _client(uri).log_inputs(run_id, datasets=[entry])
 
 
 def log_images(uri: str, run_id: str, images: Mapping[str, np.ndarray], step: int) -> None:
@@ -297,7 +329,7 @@ def _global_uri(uri: str) -> Iterator[None]:
 
 
 def log_model(uri: str, run_id: str, checkpoint: str | os.PathLike[str], tasks: list[str], name: str = "model") -> str:
-    """Log ``checkpoint`` as a pyfunc model of run ``run_id``; returns its ``models:/<model_id>`` URI.
+    """Log ``checkpoint`` as a pyfunc model of run ``run_id``; returns its model id (URI ``models:/<model_id>``).
 
     The model is logged from code (``vista/mlflow_model.py``, which MLflow copies and runs at load time):
     nothing is cloudpickled.
@@ -314,16 +346,43 @@ def log_model(uri: str, run_id: str, checkpoint: str | os.PathLike[str], tasks: 
             input_example=np.zeros((1, 32, 32, 3), np.uint8),
             pip_requirements=pip_requirements(),
         )
-    return info.model_uri
+    return str(info.model_id)
 
 
-def register_model(uri: str, name: str, model_uri: str, tags: Mapping[str, str]) -> str:
-    """A new version of registered model ``name`` (created when missing); returns the version."""
+def log_model_metrics(
+    uri: str, run_id: str, model_id: str, metrics: Mapping[str, float], step: int, dataset: tuple[str, str]
+) -> None:
+    """Metrics of logged model ``model_id`` (its evaluation), measured on ``dataset`` = ``(name, data
+    version)``. MLflow records them in the model's run ``run_id`` as well, at ``step`` (the training epoch
+    the model comes from)."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    name, digest = dataset[0], dataset_digest(dataset[1])
+    batch = [
+        Metric(k, float(v), now, step, model_id=model_id, dataset_name=name, dataset_digest=digest)
+        for k, v in metrics.items()
+    ]
+    _client(uri).log_batch(run_id, metrics=batch)
+
+
+def register_model(uri: str, name: str, model_id: str, tags: Mapping[str, str]) -> str:
+    """A new version of registered model ``name`` (created when missing) for logged model ``model_id``;
+    returns the version."""
     import mlflow
 
     with _global_uri(uri):
-        mv = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
+        mv = mlflow.register_model(f"models:/{model_id}", name, tags={k: str(v) for k, v in tags.items()})
     return str(mv.version)
+
+
+def describe(uri: str, name: str, description: str, version: str | None = None) -> None:
+    """Set the (markdown) description of registered model ``name``, or of its ``version``."""
+    client = _client(uri)
+    if version is None:
+        client.update_registered_model(name, description=description)
+    else:
+        client.update_model_version(name, version, description=description)
 
 
 def find_version(uri: str, name: str, tag: str, value: str) -> str | None:
@@ -336,8 +395,23 @@ def find_version(uri: str, name: str, tag: str, value: str) -> str | None:
     return str(max(hits)) if hits else None
 
 
-def version_by_alias(uri: str, name: str, alias: str) -> tuple[str, dict[str, str]] | None:
-    """``(version, tags)`` that ``name@alias`` points to, or None when the alias is not set."""
+def version_model_id(mv: Any) -> str | None:
+    """The logged model behind a registered ``ModelVersion``. The sqlite registry (mlflow 3.17) leaves the
+    version's ``model_id`` empty; its source, ``models:/<model_id>`` for versions vista registers, names it."""
+    rest = mv.source.removeprefix("models:/") if mv.source else ""
+    return mv.model_id or (rest if rest != mv.source and "/" not in rest else None)
+
+
+class Version(NamedTuple):
+    """A registered model version: its number, tags and the metrics of its logged model."""
+
+    version: str
+    tags: dict[str, str]
+    metrics: dict[str, float]
+
+
+def version_by_alias(uri: str, name: str, alias: str) -> Version | None:
+    """The version ``name@alias`` points to, or None when the alias is not set."""
     from mlflow.exceptions import MlflowException
 
     client = _client(uri)
@@ -345,7 +419,10 @@ def version_by_alias(uri: str, name: str, alias: str) -> tuple[str, dict[str, st
         mv = client.get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
-    return str(mv.version), dict(mv.tags)
+    model_id = version_model_id(mv)
+    logged = (client.get_logged_model(model_id).metrics or []) if model_id else []
+    metrics = {m.key: m.value for m in sorted(logged, key=lambda m: (m.step, m.timestamp))}  # the latest wins
+    return Version(str(mv.version), dict(mv.tags), metrics)
 
 
 def set_alias(uri: str, name: str, alias: str, version: str) -> None:
