@@ -6,7 +6,8 @@
   ``registry.model_name``, tagged with the dataset, data version, model name, gate metric and checkpoint
   hash. Its evaluation metrics (``eval/metrics.json``, keys ``split/task/metric``) are logged as metrics of
   the logged model, linked to the dataset and data version (MLflow records them in the training run too,
-  at the model's epoch).
+  at the model's epoch); what training logged at that epoch (train loss, val metrics as the ranks measured
+  them) is linked to the model by MLflow itself.
 - Descriptions (markdown, shown in the MLflow UI): each new version says what was trained on which data
   version, its gate metric and the gate decision; the registered model says what its aliases hold.
 - Alias ``challenger`` -> the new version. Alias ``champion`` moves to it only when its gate metric
@@ -97,9 +98,9 @@ def run(params: Params, console: Console | None = None) -> dict[str, Any]:
     version = tracking.find_version(uri, name, SHA_TAG, sha)
     created = version is None
     if created:
-        model_id = tracking.log_model(uri, run_id, best, list(trained.model.tasks))
-        # the evaluation belongs to the model (and shows in its run at the epoch the model comes from)
-        epoch = int(card.get("best_epoch", state.get("epoch", 0)))
+        epoch = int(card.get("best_epoch", state.get("epoch", 0)))  # the model's epoch in its training run
+        model_id = tracking.log_model(uri, run_id, best, list(trained.model.tasks), epoch)
+        # its evaluation, on the dataset and data version it was trained on (also recorded in the run)
         tracking.log_model_metrics(uri, run_id, model_id, metrics, epoch, (dataset, data_version))
         tags = {SHA_TAG: sha, "data_version": data_version, "dataset": dataset, "model": trained.model.name}
         version = tracking.register_model(uri, name, model_id, {**tags, "gate_metric": key})

@@ -79,10 +79,18 @@ def test_two_workers_train_checkpoint_and_resume(tmp_path: Path, ray_local, monk
     (run,) = mlflow_runs(uri)
     assert run.data.params["model.name"] == "vista_r18" and run.data.params["train.epochs"] == "1"
     assert run.data.tags["data_version"] == saved["data"]["version"]
-    assert [s for s, _ in run_metrics_history(uri, run.info.run_id, "val/seg/miou")] == [0, 1]
-    assert run_metrics_history(uri, run.info.run_id, "system/cpu_utilization_percentage")  # rank 0's monitor
+    # one experiment per dataset, opened by the MLflow UI as model training (not GenAI)
     from mlflow import MlflowClient
 
+    exp = MlflowClient(uri).get_experiment(run.info.experiment_id)
+    assert exp.name == "vista/synthetic" and exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    # the training data as the run's dataset input (the runs table's Dataset column)
+    (data,) = run.inputs.dataset_inputs
+    assert data.dataset.name == "synthetic" and saved["data"]["version"].startswith(data.dataset.digest)
+    assert str(tmp_path / "shards" / "synthetic") in data.dataset.source
+    assert {t.key: t.value for t in data.tags} == {"mlflow.data.context": "training"}
+    assert [s for s, _ in run_metrics_history(uri, run.info.run_id, "val/seg/miou")] == [0, 1]
+    assert run_metrics_history(uri, run.info.run_id, "system/cpu_utilization_percentage")  # rank 0's monitor
     artifacts = {a.path for a in MlflowClient(uri).list_artifacts(run.info.run_id)}
     assert {"params.yaml", "model_card.json"} <= artifacts and "images" in artifacts
 
@@ -124,6 +132,25 @@ def test_two_workers_train_checkpoint_and_resume(tmp_path: Path, ray_local, monk
     assert rec["gate"]["value"] == results["val/seg/miou"]
     version = MlflowClient(uri).get_model_version("vista", "1")
     assert version.run_id == run.info.run_id and version.tags["data_version"] == saved["data"]["version"]
+    # the evaluation as metrics of the logged model (on the training data's name and digest), no metric.* tags
+    from vista.tracking import version_model_id
+
+    assert not [k for k in version.tags if k.startswith("metric.")], version.tags
+    (logged,) = MlflowClient(uri).search_logged_models([run.info.experiment_id])
+    assert logged.model_id == version_model_id(version) and logged.source_run_id == run.info.run_id
+    evaluation = {m.key: m.value for m in logged.metrics if m.dataset_name}
+    assert evaluation == pytest.approx(results)
+    assert {(m.dataset_name, m.dataset_digest) for m in logged.metrics if m.dataset_name} == {
+        ("synthetic", data.dataset.digest)
+    }
+    # and what training logged at the model's epoch (not at init), linked by MLflow
+    assert {m.step for m in logged.metrics} == {card2["best_epoch"]}
+    training = {m.key: m.value for m in logged.metrics if not m.dataset_name}
+    assert training["epoch"] == card2["best_epoch"] and "train/loss" in training
+    assert training["val/seg/miou"] == pytest.approx(card2["metrics"]["val/seg/miou"])
+    assert f"trained on **synthetic** (data version `{data.dataset.digest}`)" in version.description
+    assert f"run `{train.run_name(p2)}`" in version.description and "promoted to champion" in version.description
+    assert "`@champion`: version 1" in MlflowClient(uri).get_registered_model("vista").description
 
     # other settings: another run
     assert train.run_name(smoke(tmp_path, "train.lr=1e-3")) != train.run_name(p)

@@ -328,8 +328,11 @@ def _global_uri(uri: str) -> Iterator[None]:
         mlflow.set_tracking_uri(previous)
 
 
-def log_model(uri: str, run_id: str, checkpoint: str | os.PathLike[str], tasks: list[str], name: str = "model") -> str:
+def log_model(
+    uri: str, run_id: str, checkpoint: str | os.PathLike[str], tasks: list[str], step: int, name: str = "model"
+) -> str:
     """Log ``checkpoint`` as a pyfunc model of run ``run_id``; returns its model id (URI ``models:/<model_id>``).
+    ``step``: the epoch the checkpoint comes from; MLflow links what the run logged at that step to the model.
 
     The model is logged from code (``vista/mlflow_model.py``, which MLflow copies and runs at load time):
     nothing is cloudpickled.
@@ -345,6 +348,7 @@ def log_model(uri: str, run_id: str, checkpoint: str | os.PathLike[str], tasks: 
             signature=model_signature(tasks),
             input_example=np.zeros((1, 32, 32, 3), np.uint8),
             pip_requirements=pip_requirements(),
+            step=step,
         )
     return str(info.model_id)
 
@@ -421,7 +425,9 @@ def version_by_alias(uri: str, name: str, alias: str) -> Version | None:
         return None
     model_id = version_model_id(mv)
     logged = (client.get_logged_model(model_id).metrics or []) if model_id else []
-    metrics = {m.key: m.value for m in sorted(logged, key=lambda m: (m.step, m.timestamp))}  # the latest wins
+    # the evaluation (logged with its dataset) over what training logged at the model's epoch; then the latest
+    order = sorted(logged, key=lambda m: (m.dataset_name is not None, m.step, m.timestamp))
+    metrics = {m.key: m.value for m in order}
     return Version(str(mv.version), dict(mv.tags), metrics)
 
 
