@@ -229,7 +229,9 @@ def ui(
 
     p = _load(params, None, None)
     uri = tracking_uri(p.tracking.uri)
-    console.print(f"MLflow UI on http://127.0.0.1:{port} over {redact(uri)}")
+    console.print(
+        f"MLflow UI on http://127.0.0.1:{port} over {redact(uri)} (these settings' runs: {p.experiment_name()})"
+    )
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
     raise typer.Exit(serve(cmd))
 

@@ -407,7 +407,7 @@ def version_model_id(mv: Any) -> str | None:
 
 
 class Version(NamedTuple):
-    """A registered model version: its number, tags and the metrics of its logged model."""
+    """A registered model version: its number, tags and the evaluation metrics of its logged model."""
 
     version: str
     tags: dict[str, str]
@@ -425,9 +425,8 @@ def version_by_alias(uri: str, name: str, alias: str) -> Version | None:
         return None
     model_id = version_model_id(mv)
     logged = (client.get_logged_model(model_id).metrics or []) if model_id else []
-    # the evaluation (logged with its dataset) over what training logged at the model's epoch; then the latest
-    order = sorted(logged, key=lambda m: (m.dataset_name is not None, m.step, m.timestamp))
-    metrics = {m.key: m.value for m in order}
+    # the evaluation (logged with its dataset), not what MLflow linked from the training run; the latest wins
+    metrics = {m.key: m.value for m in sorted(logged, key=lambda m: (m.step, m.timestamp)) if m.dataset_name}
     return Version(str(mv.version), dict(mv.tags), metrics)
 
 
