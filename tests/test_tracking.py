@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+import pytest
 
 from vista import tracking
 
@@ -24,3 +27,22 @@ def test_experiments_are_model_training_without_overwriting_a_kind(tmp_path: Pat
     theirs = client.create_experiment("theirs", tags={kind: "genai_development"})
     tracking.start_run(uri, "theirs", "r", {})
     assert client.get_experiment(theirs).tags[kind] == "genai_development"
+
+
+def test_fluent_calls_leave_the_tracking_uri_as_it_was(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """log_model/register_model set MLflow's process-wide URI for the call; ``set_tracking_uri`` also exports
+    it as $MLFLOW_TRACKING_URI, which vista reads first: both are as before afterwards."""
+    import mlflow
+
+    mine, theirs = f"sqlite:///{tmp_path / 'a.db'}", f"sqlite:///{tmp_path / 'b.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", theirs)
+    with tracking._global_uri(mine):
+        assert mlflow.get_tracking_uri() == mine
+    assert os.environ["MLFLOW_TRACKING_URI"] == theirs and tracking.tracking_uri() == theirs
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mine)  # the next project's URI (e.g. the next test) is followed
+    assert mlflow.get_tracking_uri() == mine
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    with tracking._global_uri(mine):
+        pass
+    assert "MLFLOW_TRACKING_URI" not in os.environ and mlflow.get_tracking_uri() != mine
+    mlflow.set_tracking_uri(None)  # MLflow's default, as before this test

@@ -317,15 +317,20 @@ def pip_requirements() -> list[str]:
 def _global_uri(uri: str) -> Iterator[None]:
     """mlflow's fluent API (log_model, register_model) reads the process-wide tracking URI (the registry
     follows it): set it for the call, then put back what was there, so no later call of this process
-    silently goes to this backend."""
+    silently goes to this backend. ``set_tracking_uri`` also exports ``$MLFLOW_TRACKING_URI`` (which
+    :func:`tracking_uri` reads first): that is put back as it was too."""
     import mlflow
 
-    previous = mlflow.get_tracking_uri()
+    previous, env = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(previous)
+        mlflow.set_tracking_uri(None if previous == env else previous)  # a URI from the environment stays there
+        if env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env
 
 
 def log_model(
@@ -440,8 +445,9 @@ def download_checkpoint(uri: str, model_uri: str, dst: str | os.PathLike[str] | 
     from mlflow.artifacts import download_artifacts
     from mlflow.exceptions import MlflowException
 
-    try:
-        local = Path(download_artifacts(artifact_uri=model_uri, dst_path=dst, tracking_uri=uri, registry_uri=uri))
+    try:  # mlflow resolves a models:/ URI's registry from the process-wide URI, whatever registry_uri says
+        with _global_uri(uri):
+            local = Path(download_artifacts(artifact_uri=model_uri, dst_path=dst, tracking_uri=uri, registry_uri=uri))
     except MlflowException as err:
         raise FileNotFoundError(f"{model_uri}: not found in the MLflow registry at {uri} ({err.message})") from None
     found = sorted((local / "artifacts").glob("*")) if (local / "artifacts").is_dir() else []
