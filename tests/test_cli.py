@@ -175,3 +175,36 @@ def test_verbose_reaches_the_training_stage_only(monkeypatch: pytest.MonkeyPatch
         ("pipelines.evaluate", {}),
         ("pipelines.register", {}),
     ]
+
+
+def test_environment_and_file_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The error classes that used to print tracebacks (issue: IsADirectoryError, UnicodeDecodeError,
+    MlflowException, tarfile.ReadError, OSError) are one `error:` line naming the thing, exit 1 or 2."""
+    import tarfile
+
+    from pipelines import evaluate
+
+    def one_line(args: list[str], named: str, code: int) -> None:
+        r = runner.invoke(app, args)
+        out = " ".join(r.output.split())
+        assert r.exit_code == code and isinstance(r.exception, SystemExit), (r.exception, r.output)
+        assert out.count("error:") == 1 and named in out.split("error:", 1)[1], out  # (MLflow's INFO lines may precede)
+
+    one_line(["train", "--params", str(tmp_path)], str(tmp_path), 2)  # a folder as the params file
+    (tmp_path / "latin1.yaml").write_bytes(b"train:\n  epochs: 2 # \xe9t\xe9\n")
+    one_line(["train", "--params", str(tmp_path / "latin1.yaml")], "latin1.yaml", 2)  # not UTF-8
+    # a registry URI that names no model (MlflowException)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
+    one_line(["predict", str(tmp_path / "x.png"), "--model", "models:/nope@champion"], "nope", 1)
+
+    def raising(err: BaseException):  # noqa: ANN202
+        def run(*_a: object, **_k: object) -> None:
+            raise err
+
+        return run
+
+    base = ["evaluate", "--params", str(ROOT / "params.yaml"), "--profile", "smoke"]
+    monkeypatch.setattr(evaluate, "run", raising(tarfile.ReadError("shards/val-000000.tar: truncated")))
+    one_line(base, "val-000000.tar: truncated", 1)
+    monkeypatch.setattr(evaluate, "run", raising(PermissionError(13, "Permission denied", "eval/metrics.json")))
+    one_line(base, "eval/metrics.json", 1)
