@@ -281,7 +281,7 @@ def test_sweep_on_the_cluster_runs_a_trial_per_node_nested_in_mlflow(cluster: Cl
     args = job_args(
         c, "tune", "sweep",
         "tune.search_space={train.lr: {grid: [1.0e-3, 2.0e-3]}}", "tune.num_samples=1",
-        "tune.max_concurrent_trials=2", "tune.workers=1", "tune.scheduler.type=fifo", "train.epochs=1",
+        "tune.max_concurrent_trials=2", "tune.workers=1", "tune.scheduler.type=fifo", "tune.scheduler.max_epochs=1",
         "tune.name=cluster_sweep", f"tune.storage_path={c.storage('tune')}", "tracking.log_images=0",
     )  # fmt: skip
     tic = time.monotonic()

@@ -86,11 +86,17 @@ def test_champion_moves_only_when_the_gate_metric_improves(project: tuple[Params
         assert not [k for k in v.tags if k.startswith("metric.")], v.tags
         assert v.tags["data_version"] == "d1" and v.tags["dataset"] == "synthetic"
         logged = client.get_logged_model(tracking.version_model_id(v))
-        assert {m.key for m in logged.metrics} == {"val/seg/miou", "val/seg/pixel_acc", "val/depth/abs_rel"}
+        assert {m.key for m in logged.metrics} == {
+            "eval/val/seg/miou",
+            "eval/val/seg/pixel_acc",
+            "eval/val/depth/abs_rel",
+        }
         assert {(m.dataset_name, m.dataset_digest) for m in logged.metrics} == {("synthetic", "d1")}
     miou = {
         v: next(
-            m.value for m in client.get_logged_model(tracking.version_model_id(mv)).metrics if m.key == "val/seg/miou"
+            m.value
+            for m in client.get_logged_model(tracking.version_model_id(mv)).metrics
+            if m.key == "eval/val/seg/miou"
         )
         for v, mv in versions.items()
     }

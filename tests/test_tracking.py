@@ -35,6 +35,7 @@ def test_fluent_calls_leave_the_tracking_uri_as_it_was(tmp_path: Path, monkeypat
     import mlflow
 
     mine, theirs = f"sqlite:///{tmp_path / 'a.db'}", f"sqlite:///{tmp_path / 'b.db'}"
+    mlflow.set_tracking_uri(None)  # no URI left set by an earlier test in this process
     monkeypatch.setenv("MLFLOW_TRACKING_URI", theirs)
     with tracking._global_uri(mine):
         assert mlflow.get_tracking_uri() == mine

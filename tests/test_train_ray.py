@@ -139,7 +139,7 @@ def test_two_workers_train_checkpoint_and_resume(tmp_path: Path, ray_local, monk
     (logged,) = MlflowClient(uri).search_logged_models([run.info.experiment_id])
     assert logged.model_id == version_model_id(version) and logged.source_run_id == run.info.run_id
     evaluation = {m.key: m.value for m in logged.metrics if m.dataset_name}
-    assert evaluation == pytest.approx(results)
+    assert evaluation == pytest.approx({f"eval/{k}": v for k, v in results.items()})
     assert {(m.dataset_name, m.dataset_digest) for m in logged.metrics if m.dataset_name} == {
         ("synthetic", data.dataset.digest)
     }

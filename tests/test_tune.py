@@ -250,7 +250,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(shards: Pat
 
     attempts = {}
     for trial in df["trial_id"]:
-        run_id = find_run(uri, "vista", f"{sweep_name(p)}/{trial}")
+        run_id = find_run(uri, p.experiment_name(), f"{sweep_name(p)}/{trial}")
         attempts[trial] = len(MlflowClient(uri).get_metric_history(run_id, "tune/attempt"))
     # trials that finished before the kill were not started again; the others ran (or resumed) after it
     assert all(attempts[t] == 1 for t in done_before), attempts

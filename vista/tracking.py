@@ -358,18 +358,22 @@ def log_model(
     return str(info.model_id)
 
 
+EVAL_PREFIX = "eval/"  # the evaluate stage's metrics on a logged model (and its run), beside training's val/...
+
+
 def log_model_metrics(
     uri: str, run_id: str, model_id: str, metrics: Mapping[str, float], step: int, dataset: tuple[str, str]
 ) -> None:
     """Metrics of logged model ``model_id`` (its evaluation), measured on ``dataset`` = ``(name, data
-    version)``. MLflow records them in the model's run ``run_id`` as well, at ``step`` (the training epoch
-    the model comes from)."""
+    version)``, keyed ``eval/<split>/<task>/<metric>``. MLflow records them in the model's run ``run_id``
+    as well, at ``step`` (the training epoch the model comes from); the prefix keeps them apart from the
+    run's training-time ``val/...`` curves."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
     name, digest = dataset[0], dataset_digest(dataset[1])
     batch = [
-        Metric(k, float(v), now, step, model_id=model_id, dataset_name=name, dataset_digest=digest)
+        Metric(EVAL_PREFIX + k, float(v), now, step, model_id=model_id, dataset_name=name, dataset_digest=digest)
         for k, v in metrics.items()
     ]
     _client(uri).log_batch(run_id, metrics=batch)
@@ -431,7 +435,11 @@ def version_by_alias(uri: str, name: str, alias: str) -> Version | None:
     model_id = version_model_id(mv)
     logged = (client.get_logged_model(model_id).metrics or []) if model_id else []
     # the evaluation (logged with its dataset), not what MLflow linked from the training run; the latest wins
-    metrics = {m.key: m.value for m in sorted(logged, key=lambda m: (m.step, m.timestamp)) if m.dataset_name}
+    metrics = {
+        m.key.removeprefix(EVAL_PREFIX): m.value
+        for m in sorted(logged, key=lambda m: (m.step, m.timestamp))
+        if m.dataset_name
+    }
     return Version(str(mv.version), dict(mv.tags), metrics)
 
 
