@@ -7,6 +7,7 @@ Marked `cluster` (`pytest -m "not cluster"` keeps them out of a quick local loop
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -90,6 +91,21 @@ class Cluster:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
 
+    def stop_all(self) -> None:
+        """SIGTERM every process group at once, SIGKILL what is left after 20 s."""
+        procs, self.procs = list(self.procs.values()), {}
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+
     def start_second_node(self) -> None:
         self.start(
             "node2",
@@ -172,8 +188,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         wait_for("the MLflow server", lambda: answers(f"{c.mlflow}/health"), proc=c.procs["mlflow"])
         yield c
     finally:
-        for name in list(c.procs):
-            c.stop(name)
+        c.stop_all()
 
 
 def job_args(c: Cluster, command: str, run: str, *extra: str) -> list[str]:
