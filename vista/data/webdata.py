@@ -33,12 +33,12 @@ from typing import Any, Literal
 import webdataset as wds
 from torch.utils.data import default_collate
 
+from ..engine import SKIPPED  # the batch entry that lists the samples dropped by on_bad_sample="skip"
 from .codec import decode_sample
 from .torch_dataset import to_tensors
 from .transforms import TrainTransform, normalize_rgb
 
 TensorSample = dict[str, Any]
-SKIPPED = "skipped"  # the batch entry that lists the samples dropped by on_bad_sample="skip"
 _SKIP_MARK = "__skipped__"
 OnBadSample = Literal["error", "skip"]
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ def shard_urls(location: str, split: str, index: dict[str, Any] | None = None) -
 
 
 def shard_digests(location: str, split: str, index: dict[str, Any]) -> dict[str, str]:
-    """``{shard url: sha256}`` of ``split``, as :func:`shard_urls` names the shards."""
+    """``{shard url: sha256}`` of ``split`` in shard order, as :func:`shard_urls` names the shards."""
     urls = shard_urls(location, split, index)
     return {u: s.get("sha256", "") for u, s in zip(urls, index["splits"][split]["shards"], strict=True)}
 
@@ -293,13 +293,13 @@ def train_loader(
         each epoch has ``ceil(samples_per_epoch / (world_size · batch_size))`` batches per rank.
     """
     index = load_index(location)
-    urls = shard_urls(location, split, index)
+    digests = shard_digests(location, split, index)
     _, world = distributed_info()
     total = samples_per_epoch or index["splits"][split]["samples"]
     transform = transform or TrainTransform()
     pipeline = wds.DataPipeline(
-        wds.ResampledShards(urls, seed=seed, deterministic=True),
-        _verified_samples(shard_digests(location, split, index)),
+        wds.ResampledShards(list(digests), seed=seed, deterministic=True),
+        _verified_samples(digests),
         _seeded_shuffle(shuffle_buffer, seed) if shuffle_buffer > 1 else wds.filters.identity,
         wds.map(_train_map(transform, on_bad_sample)),
         *_batching(batch_size, False, on_bad_sample),
@@ -319,15 +319,14 @@ def eval_loader(
     Raises:
         ValueError: fewer shards than ranks × workers.
     """
-    index = load_index(location)
-    urls = shard_urls(location, split, index)
+    digests = shard_digests(location, split, load_index(location))
     _, world = distributed_info()
-    check_shard_count(len(urls), world, num_workers, split, location)
+    check_shard_count(len(digests), world, num_workers, split, location)
     pipeline = wds.DataPipeline(
-        wds.SimpleShardList(urls),
+        wds.SimpleShardList(list(digests)),
         wds.split_by_node,
         wds.split_by_worker,
-        _verified_samples(shard_digests(location, split, index)),
+        _verified_samples(digests),
         wds.map(_guarded(_eval_sample, on_bad_sample)),
         *_batching(batch_size, True, on_bad_sample),
     )
@@ -336,10 +335,10 @@ def eval_loader(
 
 def iter_samples(location: str, split: str) -> Iterator[dict[str, Any]]:
     """Decoded numpy samples of ``split`` in shard order (single process; for checks and tools)."""
-    index = load_index(location)
+    digests = shard_digests(location, split, load_index(location))
     pipeline = wds.DataPipeline(
-        wds.SimpleShardList(shard_urls(location, split, index)),
-        _verified_samples(shard_digests(location, split, index)),
+        wds.SimpleShardList(list(digests)),
+        _verified_samples(digests),
         wds.map(_decode),
     )
     yield from pipeline
