@@ -70,13 +70,14 @@ def test_asha_sweep_nests_trials_in_mlflow_and_writes_valid_best_params(shards: 
         "tune.search_space={model.attention.rank: {choice: [1, 2, 3, 5]}, "
         "model.attention.tau_m: {loguniform: [0.3, 3.0]}, train.lr: {grid: [1.0e-3, 1.0e-9]}}",
         "tune.num_samples=1",
+        "tune.scheduler.max_epochs=2",
     )
     best = tune.run(p)
     df = pd.read_parquet(shards / "tune" / "results.parquet")
     assert len(df) == 2 and best["trials"] == 2
     assert df["stopped_early"].any(), df.to_string()  # ASHA saw every epoch and stopped a weak trial
     assert df.loc[df["train.lr"] == 1e-9, "stopped_early"].any(), df.to_string()
-    assert (df["epochs"] == 4).any()  # and let the best one run to max_epochs
+    assert (df["epochs"] == 2).any()  # and let the best one run to max_epochs
     assert set(df["model.attention.rank"]) <= {1, 2, 3, 5}
     assert df["model.attention.tau_m"].between(0.3, 3.0).all()
 
@@ -209,9 +210,10 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(shards: Pat
         "data.shards_dir=shards",
         "data.num_train=16",
         SPACE,
-        "tune.num_samples=2",
+        "tune.num_samples=2",  # one trial after the other (tune.max_concurrent_trials: 1)
         "tune.scheduler.type=fifo",
-        "tune.scheduler.max_epochs=2",
+        "tune.scheduler.max_epochs=1",
+        "tune.workers=1",
         "tune.resources_per_worker={CPU: 0.99}",
         f"tune.storage_path={shards / 'tune_runs'}",
         f"tune.out_dir={shards / 'tune'}",
@@ -242,7 +244,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(shards: Pat
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     assert "resuming sweep" in again.stdout.replace("\n", "")
     df = pd.read_parquet(shards / "tune" / "results.parquet")
-    assert len(df) == 2 and (df["epochs"] == 2).all()
+    assert len(df) == 2 and (df["epochs"] == 1).all()
 
     from mlflow import MlflowClient
 
