@@ -31,7 +31,7 @@ from rich.table import Table
 
 from vista import tracking
 from vista.checkpoint import build_model, load_checkpoint, save_checkpoint
-from vista.config import Params, validate_params
+from vista.config import Params, project_path, validate_params
 from vista.data import shards_location
 from vista.engine import TimeBudget, build_optimizer, evaluate, poly_schedule, train_one_epoch
 from vista.losses import MultiTaskLoss, median_frequency_weights
@@ -341,6 +341,12 @@ def require_shards(params: Params) -> str:
     return shards
 
 
+def storage_location(path: str) -> str:
+    """Where Ray keeps a run: a URI (``s3://...``) as it is; a folder made absolute, a relative one from the
+    project's root (``$DVC_ROOT`` when DVC runs the stage: :func:`vista.config.project_path`)."""
+    return path if "://" in path else str(project_path(path))
+
+
 def fit(
     params: Params,
     mlflow_run: tuple[str, str] | None = None,
@@ -387,7 +393,7 @@ def fit(
         ),
         run_config=RunConfig(
             name=name or run_name(params),
-            storage_path=storage if "://" in storage else str(Path(storage).resolve()),
+            storage_path=storage_location(storage),
             failure_config=FailureConfig(max_failures=t.max_failures),
             # Ray keeps the latest checkpoint (to resume from) beside the best `keep_checkpoints`
             checkpoint_config=CheckpointConfig(

@@ -135,10 +135,6 @@ def run_trial(config: dict[str, Any]) -> None:
         raise RuntimeError(f"trial {trial_id} failed: {result.error}")
 
 
-def _storage(path: str) -> str:
-    return path if "://" in path else str(Path(path).resolve())
-
-
 def storage_join(storage: str, *parts: str) -> str:
     """``storage``/parts for a folder or a URI whose query holds filesystem options
     (``s3://bucket/prefix?endpoint_override=host:port&scheme=http`` -> ``s3://bucket/prefix/a/b?...``)."""
@@ -170,7 +166,7 @@ def run(params: Params, console: Console | None = None) -> dict[str, Any]:
     train_stage.preflight(params)
     train_stage.require_shards(params)
     name = sweep_name(params)
-    storage = _storage(tp.storage_path)
+    storage = train_stage.storage_location(tp.storage_path)
     uri = tracking.tracking_uri(params.tracking.uri)
     tracking.check_server(uri)
     experiment = params.experiment_name()  # the trials' too, whatever they sweep (child runs nest in the parent's)

@@ -110,3 +110,24 @@ def test_dump_round_trips_for_workers_and_flattens() -> None:
     flat = p.flatten()
     assert flat["train.lr"] == p.train.lr and flat["model.attention.rank"] == p.model.attention.rank
     assert not any(k.startswith("profiles") for k in flat)
+
+
+def test_project_paths_are_anchored_at_the_dvc_root_when_dvc_runs_the_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A queued or --temp DVC experiment runs its command in a copy of the project (cwd) and sets $DVC_ROOT to
+    the project: relative paths go to the project; without DVC_ROOT, to the working directory."""
+    from vista.config import project_path
+
+    project = tmp_path.resolve()
+    copy = project / ".dvc" / "tmp" / "exps" / "tmp1"
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    assert project_path("runs/ray") == copy / "runs" / "ray"
+    monkeypatch.setenv("DVC_ROOT", str(project))
+    assert project_path("runs/ray") == project / "runs" / "ray"
+    assert project_path(".") == project
+    assert project_path(tmp_path / "elsewhere") == project / "elsewhere"  # absolute: as it is
+    monkeypatch.setenv("DVC_ROOT", "")  # empty: not set
+    assert project_path("mlflow.db") == copy / "mlflow.db"

@@ -47,3 +47,24 @@ def test_fluent_calls_leave_the_tracking_uri_as_it_was(tmp_path: Path, monkeypat
         pass
     assert "MLFLOW_TRACKING_URI" not in os.environ and mlflow.get_tracking_uri() != mine
     mlflow.set_tracking_uri(None)  # MLflow's default, as before this test
+
+
+def test_default_tracking_db_is_at_the_dvc_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No URI configured: ``mlflow.db`` (artifacts in ``mlartifacts/`` beside it) in the working directory, or
+    at $DVC_ROOT when DVC runs the stage (an experiment in a temporary copy logs into the project's db)."""
+    from mlflow import MlflowClient
+
+    project = tmp_path.resolve()
+    copy = project / ".dvc" / "tmp" / "exps" / "tmp1"
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    assert tracking.tracking_uri() == f"sqlite:///{copy / 'mlflow.db'}"
+    monkeypatch.setenv("DVC_ROOT", str(project))
+    uri = tracking.tracking_uri()
+    assert uri == f"sqlite:///{project / 'mlflow.db'}"
+    assert tracking.tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"  # a configured URI wins
+    exp = tracking.experiment_id(uri, "vista/synthetic")
+    assert MlflowClient(uri).get_experiment(exp).artifact_location == (project / "mlartifacts").as_uri()
+    assert (project / "mlflow.db").is_file() and not (copy / "mlflow.db").exists()

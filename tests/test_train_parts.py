@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.conftest import ROOT
@@ -53,3 +55,21 @@ def test_ray_is_quiet_unless_verbose(monkeypatch: pytest.MonkeyPatch, address: s
     assert quiet["log_to_driver"] is False and quiet["logging_level"] == logging.WARNING
     assert verbose["log_to_driver"] is True and verbose["logging_level"] == logging.INFO
     assert ("dashboard_port" in quiet) is (address is None)
+
+
+def test_ray_storage_folder_is_anchored_at_the_dvc_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """train.storage_path / tune.storage_path: a relative folder from $DVC_ROOT when DVC runs the stage (so a
+    --temp or queued experiment keeps its Ray run in the project), else from the working directory."""
+    from pipelines.train import storage_location
+
+    project = tmp_path.resolve()
+    copy = project / ".dvc" / "tmp" / "exps" / "tmp1"
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    assert storage_location("runs/ray") == str(copy / "runs" / "ray")
+    monkeypatch.setenv("DVC_ROOT", str(project))
+    assert storage_location("runs/ray") == str(project / "runs" / "ray")
+    assert storage_location("/srv/ray") == "/srv/ray"
+    uri = "s3://vista/ray?endpoint_override=127.0.0.1:9000&scheme=http"
+    assert storage_location(uri) == uri

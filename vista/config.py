@@ -18,6 +18,23 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 Task = Literal["depth", "seg", "normal"]
 _Side = Annotated[int, Field(ge=16, le=4096)]  # an image or crop side in pixels
 PROFILE_ENV = "VISTA_PROFILE"
+# set by DVC in a stage command's environment: the project's root, also while a queued or --temp experiment
+# runs the command in a temporary copy of the project (under .dvc/tmp/exps)
+DVC_ROOT_ENV = "DVC_ROOT"
+
+
+def project_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` made absolute: a relative one is taken from ``$DVC_ROOT`` when DVC runs the command, else
+    from the working directory.
+
+    For what lives beside the project but is none of DVC's outputs (the MLflow database, Ray's checkpoints):
+    a DVC experiment run in a temporary copy of the project keeps them in the project, where the workspace
+    runs keep theirs, not in the copy DVC deletes afterwards.
+    """
+    p = Path(path).expanduser()
+    if not p.is_absolute():
+        p = Path(os.environ.get(DVC_ROOT_ENV) or ".") / p
+    return p.resolve()
 
 
 class ParamsError(ValueError):

@@ -2,9 +2,11 @@
 the registered model's code, which MLflow runs when it logs or loads the model).
 
 Embedded default: a sqlite file ``mlflow.db`` with artifacts in ``mlartifacts/``, both in the project
-folder (no server to start). ``$MLFLOW_TRACKING_URI`` or ``tracking.uri`` in params.yaml points elsewhere
-(an MLflow server). Everything goes through an explicit ``MlflowClient`` and run id — no global active
-run — so training workers (rank 0 only) log into the run the driver created.
+folder (no server to start): ``$DVC_ROOT`` when DVC runs the stage, so that experiments DVC runs in a
+temporary copy of the project log there too (:func:`vista.config.project_path`). ``$MLFLOW_TRACKING_URI``
+or ``tracking.uri`` in params.yaml points elsewhere (an MLflow server). Everything goes through an
+explicit ``MlflowClient`` and run id — no global active run — so training workers (rank 0 only) log into
+the run the driver created.
 
 One training run (one Ray Train run name) is one MLflow run: a re-run that resumes finds its run again by
 the tag ``vista.run_name``, so the metric history stays in one place. Every experiment vista uses is tagged
@@ -26,6 +28,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from .config import project_path
 
 RUN_NAME_TAG = "vista.run_name"
 FAILURE_TAG = "vista.failure"  # the reason a run ended FAILED
@@ -101,13 +105,14 @@ def check_server(uri: str, timeout_s: float = CHECK_TIMEOUT_S) -> None:
 
 
 def tracking_uri(uri: str | None = None, root: str | os.PathLike[str] = ".") -> str:
-    """``$MLFLOW_TRACKING_URI``, else ``uri``, else ``sqlite:///<root>/mlflow.db``."""
+    """``$MLFLOW_TRACKING_URI``, else ``uri``, else ``sqlite:///<root>/mlflow.db`` (a relative ``root`` from
+    ``$DVC_ROOT`` when set, else from the working directory: :func:`vista.config.project_path`)."""
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
     if uri:
         return uri
-    return f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+    return f"sqlite:///{project_path(root) / 'mlflow.db'}"
 
 
 def _client(uri: str) -> Any:
