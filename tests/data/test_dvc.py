@@ -1,4 +1,6 @@
-"""`dvc repro` of prepare -> shard: runs both, then nothing, then only shard after a shard param change."""
+"""DVC over the pipeline: `dvc repro` re-runs only what changed; queued and --temp experiments keep their
+MLflow and Ray runs in the project and show in `dvc exp show`; outputs round-trip through a remote;
+`dvc plots`; each stage's code deps."""
 
 from __future__ import annotations
 
@@ -22,38 +24,145 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
     return proc.stdout + proc.stderr
 
 
+BIN = Path(sys.executable).parent
+GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+
+
+def project(path: Path, params: dict, **env_vars: str) -> dict[str, str]:
+    """A git + DVC repo at ``path`` with the project's code, dvc.yaml, .gitignore and ``params``, committed;
+    returns the environment to run DVC in (``vista`` on PATH, running the code under test)."""
+    shutil.copytree(ROOT / "vista", path / "vista", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "pipelines", path / "pipelines", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", path)
+    shutil.copy(ROOT / ".gitignore", path)
+    (path / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1"}
+    env["PYTHONPATH"] = str(ROOT)  # the code under test, whichever checkout the venv has installed
+    for name in ("VISTA_PROFILE", "MLFLOW_TRACKING_URI", "RAY_ADDRESS", "DVC_ROOT"):
+        env.pop(name, None)
+    env.update(env_vars)
+    run(["git", "init", "-q"], path, env)
+    run([f"{BIN}/dvc", "init", "-q"], path, env)
+    run([f"{BIN}/dvc", "config", "core.site_cache_dir", str(path.parent / f"{path.name}-dvc-site")], path, env)
+    run([*GIT, "add", "-A"], path, env)
+    run([*GIT, "commit", "-qm", "init"], path, env)
+    return env
+
+
 def test_dvc_repro_reruns_only_what_changed(tmp_path: Path) -> None:
-    shutil.copytree(ROOT / "vista", tmp_path / "vista", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(ROOT / "pipelines", tmp_path / "pipelines", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "dvc.yaml", tmp_path)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"].update({"image_size": [24, 32], "num_train": 6, "num_val": 3})
     params["shard"]["max_samples"] = 4
     params["shard"]["min_shards"] = 1
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1"}
-    env.pop("VISTA_PROFILE", None)
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
-    run(["git", "init", "-q"], tmp_path, env)
-    run([f"{bin_dir}/dvc", "init", "-q"], tmp_path, env)
-    run([f"{bin_dir}/dvc", "config", "core.site_cache_dir", str(tmp_path / ".dvc-site")], tmp_path, env)
-    run([*git, "add", "-A"], tmp_path, env)
-    run([*git, "commit", "-qm", "init"], tmp_path, env)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    env = project(repo, params)
 
-    first = run([f"{bin_dir}/dvc", "repro", "shard"], tmp_path, env)
+    first = run([f"{BIN}/dvc", "repro", "shard"], repo, env)
     assert "Running stage 'prepare'" in first and "Running stage 'shard'" in first
-    tar = tmp_path / "data" / "shards" / "synthetic" / "train-000000.tar"
+    tar = repo / "data" / "shards" / "synthetic" / "train-000000.tar"
     before = tar.read_bytes()
 
-    again = run([f"{bin_dir}/dvc", "repro", "shard"], tmp_path, env)
+    again = run([f"{BIN}/dvc", "repro", "shard"], repo, env)
     assert "Running stage" not in again
 
     params["shard"]["max_samples"] = 2
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    third = run([f"{bin_dir}/dvc", "repro", "shard"], tmp_path, env)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    third = run([f"{BIN}/dvc", "repro", "shard"], repo, env)
     assert "Running stage 'shard'" in third and "Running stage 'prepare'" not in third
     assert tar.read_bytes() != before  # 2 samples per shard now
+
+
+def smoke_params(**changes: object) -> dict:
+    """params.yaml with the smoke profile and ``changes`` (dotted keys) written in: a run of seconds."""
+    import copy
+
+    from vista.config import apply_override
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for key, value in {**params["profiles"]["smoke"], **changes}.items():
+        apply_override(params, key, copy.deepcopy(value))
+    return params
+
+
+def file_digests(root: Path, *outs: str) -> dict[str, str]:
+    import hashlib
+
+    files = [f for out in outs for f in sorted((root / out).rglob("*") if (root / out).is_dir() else [root / out])]
+    return {str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest() for f in files if f.is_file()}
+
+
+def test_experiments_keep_their_runs_in_the_project_and_outputs_round_trip_a_remote(tmp_path: Path) -> None:
+    """`dvc exp run --temp` and a queued `dvc exp run --queue` (run with `--run-all`) each train in a
+    temporary copy of the project: their MLflow runs land in the project's mlflow.db and their Ray runs under
+    its runs/ray (both anchored at $DVC_ROOT), and `dvc exp show` lists both with their params and eval
+    metrics. Then the outputs of one go to a local remote (`dvc push`) and come back byte-identical
+    (`dvc pull`) after the outputs and the cache are deleted."""
+    import json
+    import time
+
+    from mlflow import MlflowClient
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    params = smoke_params(
+        **{"train.workers": 1, "shard.min_shards": 1, "tracking.log_images": 0, "tracking.system_metrics_s": 0}
+    )
+    env = project(repo, params, RAY_AUTH_MODE="disabled", RAY_TMPDIR=f"/tmp/vx{os.getpid()}")
+    dvc = [f"{BIN}/dvc"]
+    lrs = {"lr-temp": 1.0e-3, "lr-queued": 5.0e-4}
+
+    tic = time.monotonic()
+    run([*dvc, "exp", "run", "--temp", "-n", "lr-temp", "-S", "train.lr=0.001", "evaluate"], repo, env)
+    temp_s = time.monotonic() - tic
+    run([*dvc, "exp", "run", "--queue", "-n", "lr-queued", "-S", "train.lr=0.0005", "evaluate"], repo, env)
+    tic = time.monotonic()
+    run([*dvc, "exp", "run", "--run-all"], repo, env)  # starts a queue worker and follows it to the end
+    queue_s = time.monotonic() - tic
+
+    shown = json.loads(run([*dvc, "exp", "show", "--json"], repo, env))
+    exps = {r["name"]: r["data"] for e in shown[1]["experiments"] or [] for r in e["revs"]}
+    assert set(exps) == set(lrs), exps.keys()
+    for name, lr in lrs.items():
+        assert exps[name]["params"]["params.yaml"]["data"]["train"]["lr"] == lr
+        val = exps[name]["metrics"]["eval/metrics.json"]["data"]["val"]
+        assert {"depth", "seg", "normal"} <= set(val) and 0 <= val["seg"]["miou"] <= 1, val
+    assert exps["lr-temp"]["metrics"] != exps["lr-queued"]["metrics"]
+
+    # both training runs in the project's MLflow db, tagged with their experiment; their Ray runs in runs/ray
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("vista/synthetic").experiment_id])
+    by_exp = {r.data.tags.get("dvc_experiment"): r for r in runs}
+    assert set(by_exp) == set(lrs) and all(r.info.status == "FINISHED" for r in runs)
+    for name, lr in lrs.items():
+        assert float(by_exp[name].data.params["train.lr"]) == lr
+        ray_run = repo / "runs" / "ray" / by_exp[name].data.tags["vista.run_name"]
+        assert any(ray_run.glob("checkpoint_*")), sorted(repo.rglob("*"))[:50]
+
+    # push the outputs of one experiment, delete them and the cache, pull them back
+    run([*dvc, "exp", "apply", "lr-temp"], repo, env)
+    card = json.loads((repo / "models" / "model_card.json").read_text())
+    assert card["checkpoint"].startswith(str(repo / "runs" / "ray")), card["checkpoint"]
+    cached = ["data/prepared/synthetic", "data/shards/synthetic", "models"]  # models/ is not in git
+    before = file_digests(repo, *cached)
+    assert {"models/best.pt", "models/model_card.json", "data/shards/synthetic/shards.json"} <= set(before), before
+    remote = tmp_path / "remote"
+    run([*dvc, "remote", "add", "-d", "local", str(remote)], repo, env)
+    pushed = run([*dvc, "push"], repo, env)
+    stored = [f for f in remote.rglob("*") if f.is_file()]
+    assert len(stored) >= len(before), (pushed, stored)
+    for out in cached:
+        shutil.rmtree(repo / out) if (repo / out).is_dir() else (repo / out).unlink()
+    shutil.rmtree(repo / ".dvc" / "cache")
+    pulled = run([*dvc, "pull"], repo, env)
+    assert file_digests(repo, *cached) == before, pulled
+    assert "up to date" in run([*dvc, "status", "evaluate"], repo, env)  # nothing to re-run after a pull
+    print(
+        f"\n--temp {temp_s:.0f} s, --queue (--run-all) {queue_s:.0f} s; {len(before)} output files, "
+        f"{len(stored)} remote objects; push: {pushed.strip().splitlines()[-1]}; pull: {pulled.strip().splitlines()[-1]}"
+    )
+    keep = r"Experiment|train\.lr$|val\.seg\.miou|val\.depth\.abs_rel|val\.normal\.mean"
+    print(run([*dvc, "exp", "show", "--no-pager", "--md", "--drop", ".*", "--keep", keep], repo, env))
 
 
 def test_dvc_plots_draw_every_declared_curve_and_the_confusion_counts(tmp_path: Path) -> None:
