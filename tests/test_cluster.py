@@ -321,3 +321,52 @@ def test_sweep_on_the_cluster_runs_a_trial_per_node_nested_in_mlflow(cluster: Cl
     keys = [o["Key"] for o in c.s3_client().list_objects_v2(Bucket=BUCKET, Prefix="tune/cluster_sweep/")["Contents"]]
     assert any("/_train/" in k and k.endswith("/model.pt") for k in keys), keys
     print(f"\ncluster sweep: {wall:.0f} s wall; trial nodes {nodes}")
+
+
+def test_dvc_push_and_pull_through_the_s3_remote(cluster: Cluster, tmp_path: Path) -> None:
+    """A DVC remote in the S3 bucket (`endpointurl` = the S3 server): `dvc push` stores the tracked shards as
+    objects under the remote's prefix, and `dvc pull` brings them back byte-identical once the files and the
+    cache are deleted."""
+    import hashlib
+    import shutil
+
+    c = cluster
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    env = {**c.env, "DVC_NO_ANALYTICS": "1"}  # with the S3 keys of the fixture
+
+    def sh(*cmd: str) -> str:
+        proc = subprocess.run([str(a) for a in cmd], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, f"{cmd}:\n{proc.stdout}\n{proc.stderr}"
+        return proc.stdout + proc.stderr
+
+    dvc, git = BIN / "dvc", ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    shutil.copytree(c.tmp / "shards" / "synthetic", repo / "shards")
+    (repo / "notes.txt").write_text("tracked by DVC\n")
+    files = sorted(f for f in [*repo.joinpath("shards").rglob("*"), repo / "notes.txt"] if f.is_file())
+
+    def digests() -> dict[str, str]:
+        return {str(f.relative_to(repo)): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+
+    before = digests()
+    sh("git", "init", "-q")
+    sh(dvc, "init", "-q")
+    sh(dvc, "config", "core.site_cache_dir", tmp_path / "dvc-site")
+    sh(dvc, "add", "shards", "notes.txt")
+    sh(dvc, "remote", "add", "-d", "s3", f"s3://{BUCKET}/dvc-remote")
+    sh(dvc, "remote", "modify", "s3", "endpointurl", c.s3)
+    sh(*git, "add", "-A")
+    sh(*git, "commit", "-qm", "data")
+    pushed = sh(dvc, "push")
+
+    keys = [o["Key"] for o in c.s3_client().list_objects_v2(Bucket=BUCKET, Prefix="dvc-remote/")["Contents"]]
+    assert len(keys) == len(files) + 1 and all(k.startswith("dvc-remote/files/md5/") for k in keys), keys
+    assert sum(k.endswith(".dir") for k in keys) == 1  # the shards folder's listing, beside one object per file
+    for f in files:
+        f.unlink()
+    shutil.rmtree(repo / ".dvc" / "cache")
+    pulled = sh(dvc, "pull")
+    assert digests() == before, pulled
+    assert "in sync" in sh(dvc, "status", "--cloud")
+    print(f"\nDVC on S3: {len(files)} files, {len(keys)} objects: {keys}; push: {pushed.strip().splitlines()[-1]}; "
+          f"pull: {pulled.strip().splitlines()[-1]}")  # fmt: skip
