@@ -93,11 +93,12 @@ def file_digests(root: Path, *outs: str) -> dict[str, str]:
 
 
 def test_experiments_keep_their_runs_in_the_project_and_outputs_round_trip_a_remote(tmp_path: Path) -> None:
-    """`dvc exp run --temp` and a queued `dvc exp run --queue` (run with `--run-all`) each train in a
-    temporary copy of the project: their MLflow runs land in the project's mlflow.db and their Ray runs under
-    its runs/ray (both anchored at $DVC_ROOT), and `dvc exp show` lists both with their params and eval
-    metrics. Then the outputs of one go to a local remote (`dvc push`) and come back byte-identical
-    (`dvc pull`) after the outputs and the cache are deleted."""
+    """`dvc exp run --temp` trains in a temporary copy of the project: its MLflow run lands in the project's
+    mlflow.db and its Ray run under the project's runs/ray (both anchored at $DVC_ROOT). A queued experiment
+    (`--queue`, run with `--run-all`) that changes only the depth range evaluated takes the trained model
+    from DVC's run cache and re-runs evaluate; `dvc exp show` lists both with their params and eval
+    metrics. Then the outputs go to a local remote (`dvc push`) and come back byte-identical (`dvc pull`)
+    after the outputs and the cache are deleted."""
     import json
     import time
 
@@ -110,34 +111,34 @@ def test_experiments_keep_their_runs_in_the_project_and_outputs_round_trip_a_rem
     )
     env = project(repo, params, RAY_AUTH_MODE="disabled", RAY_TMPDIR=f"/tmp/vx{os.getpid()}")
     dvc = [f"{BIN}/dvc"]
-    lrs = {"lr-temp": 1.0e-3, "lr-queued": 5.0e-4}
 
     tic = time.monotonic()
     run([*dvc, "exp", "run", "--temp", "-n", "lr-temp", "-S", "train.lr=0.001", "evaluate"], repo, env)
     temp_s = time.monotonic() - tic
-    run([*dvc, "exp", "run", "--queue", "-n", "lr-queued", "-S", "train.lr=0.0005", "evaluate"], repo, env)
+    sets = ["-S", "train.lr=0.001", "-S", "eval.depth_range=[0.001,4.0]"]
+    run([*dvc, "exp", "run", "--queue", "-n", "range-queued", *sets, "evaluate"], repo, env)
     tic = time.monotonic()
     run([*dvc, "exp", "run", "--run-all"], repo, env)  # starts a queue worker and follows it to the end
     queue_s = time.monotonic() - tic
 
     shown = json.loads(run([*dvc, "exp", "show", "--json"], repo, env))
     exps = {r["name"]: r["data"] for e in shown[1]["experiments"] or [] for r in e["revs"]}
-    assert set(exps) == set(lrs), exps.keys()
-    for name, lr in lrs.items():
-        assert exps[name]["params"]["params.yaml"]["data"]["train"]["lr"] == lr
+    assert set(exps) == {"lr-temp", "range-queued"}, exps.keys()
+    for name, depth_range in (("lr-temp", None), ("range-queued", [0.001, 4.0])):
+        settings = exps[name]["params"]["params.yaml"]["data"]
+        assert settings["train"]["lr"] == 0.001 and settings["eval"]["depth_range"] == depth_range, settings
         val = exps[name]["metrics"]["eval/metrics.json"]["data"]["val"]
         assert {"depth", "seg", "normal"} <= set(val) and 0 <= val["seg"]["miou"] <= 1, val
-    assert exps["lr-temp"]["metrics"] != exps["lr-queued"]["metrics"]
+    temp, queued = (exps[n]["metrics"]["eval/metrics.json"]["data"]["val"] for n in ("lr-temp", "range-queued"))
+    assert temp["seg"] == queued["seg"] and temp["depth"] != queued["depth"]  # one model, two depth ranges
 
-    # both training runs in the project's MLflow db, tagged with their experiment; their Ray runs in runs/ray
+    # one training run, in the project's MLflow db, tagged with its experiment; its Ray run in runs/ray
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("vista/synthetic").experiment_id])
-    by_exp = {r.data.tags.get("dvc_experiment"): r for r in runs}
-    assert set(by_exp) == set(lrs) and all(r.info.status == "FINISHED" for r in runs)
-    for name, lr in lrs.items():
-        assert float(by_exp[name].data.params["train.lr"]) == lr
-        ray_run = repo / "runs" / "ray" / by_exp[name].data.tags["vista.run_name"]
-        assert any(ray_run.glob("checkpoint_*")), sorted(repo.rglob("*"))[:50]
+    (trained,) = client.search_runs([client.get_experiment_by_name("vista/synthetic").experiment_id])
+    assert trained.info.status == "FINISHED" and trained.data.tags.get("dvc_experiment") == "lr-temp"
+    assert float(trained.data.params["train.lr"]) == 0.001
+    ray_run = repo / "runs" / "ray" / trained.data.tags["vista.run_name"]
+    assert any(ray_run.glob("checkpoint_*")), sorted(repo.rglob("*"))[:50]
 
     # push the outputs of one experiment, delete them and the cache, pull them back
     run([*dvc, "exp", "apply", "lr-temp"], repo, env)
@@ -161,7 +162,7 @@ def test_experiments_keep_their_runs_in_the_project_and_outputs_round_trip_a_rem
         f"\n--temp {temp_s:.0f} s, --queue (--run-all) {queue_s:.0f} s; {len(before)} output files, "
         f"{len(stored)} remote objects; push: {pushed.strip().splitlines()[-1]}; pull: {pulled.strip().splitlines()[-1]}"
     )
-    keep = r"Experiment|train\.lr$|val\.seg\.miou|val\.depth\.abs_rel|val\.normal\.mean"
+    keep = r"Experiment|train\.lr$|eval\.depth_range|val\.seg\.miou|val\.depth\.abs_rel|val\.normal\.mean"
     print(run([*dvc, "exp", "show", "--no-pager", "--md", "--drop", ".*", "--keep", keep], repo, env))
 
 
