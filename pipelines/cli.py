@@ -222,18 +222,66 @@ def ui(
     port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 5000,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
-    """Open the MLflow UI on 127.0.0.1 over the project's tracking backend (Ctrl-C or SIGTERM stops it)."""
+    """Open the MLflow UI on 127.0.0.1 over the project's tracking backend (Ctrl-C or SIGTERM stops it);
+    prints the link to these settings' runs table once the server answers."""
     import sys
+    import threading
 
     from vista.tracking import redact, tracking_uri
 
     p = _load(params, None, None)
     uri = tracking_uri(p.tracking.uri)
-    console.print(
-        f"MLflow UI on http://127.0.0.1:{port} over {redact(uri)} (these settings' runs: {p.experiment_name()})"
-    )
+    base, experiment = f"http://127.0.0.1:{port}", p.experiment_name()
+    console.print(f"MLflow UI on {base} over {redact(uri)} (these settings' runs: {experiment})")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
+    threading.Thread(target=announce, args=(base, experiment), daemon=True).start()
     raise typer.Exit(serve(cmd))
+
+
+# MLflow 3.17's UI shows every experiment in its GenAI view (traces, an overview of LLM usage) unless its
+# "Model training" switch is on: remembered per browser, off at first, whatever the experiment's
+# mlflow.experimentKind tag says. This URL parameter turns it on.
+MODEL_TRAINING_VIEW = "workflowType=machine_learning"
+
+
+def experiment_page(base: str, experiment_id: str | None) -> str:
+    """The MLflow UI page of an experiment's runs table, or of the experiments list (``experiment_id`` None)."""
+    where = f"experiments/{experiment_id}" if experiment_id is not None else "experiments"
+    return f"{base}/#/{where}?{MODEL_TRAINING_VIEW}"
+
+
+def announce(base: str, experiment: str, wait_s: float = 300.0) -> str | None:
+    """Once the MLflow server at ``base`` answers ``/health``: print the link to ``experiment``'s runs table
+    (the experiments list while there is no such experiment) and return it; None when the server never
+    answered within ``wait_s``."""
+    import json
+    import time
+    import urllib.parse
+    import urllib.request
+
+    from rich.markup import escape
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=5):
+                break
+        except OSError:
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.5)
+    query = urllib.parse.urlencode({"experiment_name": experiment})
+    try:
+        with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get-by-name?{query}", timeout=10) as r:
+            experiment_id = str(json.load(r)["experiment"]["experiment_id"])
+    except (OSError, ValueError, KeyError):  # 404: no such experiment yet
+        experiment_id = None
+    url = experiment_page(base, experiment_id)
+    if experiment_id is None:
+        console.print(f"no experiment {escape(experiment)} yet; experiments: {url}", soft_wrap=True)
+    else:
+        console.print(f"runs of {escape(experiment)}: {url}", soft_wrap=True)
+    return url
 
 
 def serve(cmd: list[str]) -> int:

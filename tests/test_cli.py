@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from pipelines.cli import app
 from tests.conftest import ROOT
+from tests.ui import VistaUI
 
 runner = CliRunner()
 
@@ -109,52 +110,15 @@ def test_a_failed_training_is_one_line_per_worker_and_a_failed_run(
 @pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
 def test_ui_stops_its_server_and_its_workers(tmp_path: Path, signame: str) -> None:
     """`vista ui` stopped with Ctrl-C or SIGTERM ends the `mlflow ui` server and every process it started
-    (was: the server kept running and holding the port)."""
-    import os
-    import signal
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    import psutil
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    vista = Path(sys.executable).parent / "vista"
-    proc = subprocess.Popen(
-        [str(vista), "ui", "--port", str(port), "--params", str(ROOT / "params.yaml")],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    (was: the server kept running and holding the port). Over a backend without these settings' experiment
+    yet, it links the experiments list once the server answers."""
+    ui = VistaUI(f"sqlite:///{tmp_path / 'mlflow.db'}")
     try:
-        deadline = time.monotonic() + 180
-        while True:  # until the server answers (or gives up)
-            assert proc.poll() is None, f"vista ui exited early: {proc.stdout.read()}"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
-                    assert r.status == 200
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the MLflow UI never answered"
-                time.sleep(1)
-        server = psutil.Process(proc.pid).children(recursive=True)
-        assert server, "no server process under vista ui"
-        proc.send_signal(getattr(signal, signame))
-        assert proc.wait(timeout=60) == 0
-        assert "MLflow UI stopped" in proc.stdout.read()
-        gone, alive = psutil.wait_procs(server, timeout=30)
-        assert not alive, f"left running: {[(p.pid, p.name()) for p in alive]}"
-        with pytest.raises(OSError):
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
+        line = ui.wait_for_line("no experiment vista/synthetic yet; experiments: ")
+        assert line.endswith(f"{ui.base}/#/experiments?workflowType=machine_learning")
+        ui.stop(signame)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        ui.close()
 
 
 def test_verbose_reaches_the_training_stage_only(monkeypatch: pytest.MonkeyPatch) -> None:
