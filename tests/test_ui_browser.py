@@ -186,12 +186,12 @@ def test_compare_runs_and_see_the_champion_in_the_mlflow_ui(tmp_path: Path, monk
     dirs = [f"data.prepared_dir={tmp_path / 'prepared'}", f"data.shards_dir={tmp_path / 'shards'}"]
     dirs.append(f"train.models_dir={tmp_path / 'models'}")
     base = load_params(ROOT / "params.yaml", dirs, profile="smoke")
-    prepare.run(base)
-    shard.run(base)
     tracking.experiment_id(uri, base.experiment_name())  # the backend exists before the server starts on it
-    ui = VistaUI(uri)  # starts while the runs train
+    ui = VistaUI(uri)  # the server starts (the slowest step) while the data is made and the runs train
     threads = torch.get_num_threads()
     try:
+        prepare.run(base)
+        shard.run(base)
         torch.set_num_threads(1)  # training on one core, the server starting on the other
         runs: dict[str, tuple[str, dict[str, float]]] = {}
         for model in MODELS:
@@ -204,8 +204,6 @@ def test_compare_runs_and_see_the_champion_in_the_mlflow_ui(tmp_path: Path, monk
         # version 1 is champion unless the second model beat it; version 2 is challenger
         assert record["version"] == "2" and record["aliases"]["champion"] in ("1", "2"), record
 
-        line = ui.wait_for_line(f"runs of {base.experiment_name()}: ")  # printed once the server answers
-        link = line.split(": ", 1)[1]
         with sync_playwright() as pw:
             browser = pw.chromium.launch(
                 executable_path=exe, headless=True, args=["--no-sandbox"] if os.geteuid() == 0 else []
@@ -219,6 +217,8 @@ def test_compare_runs_and_see_the_champion_in_the_mlflow_ui(tmp_path: Path, monk
             )
             expect.set_options(timeout=WAIT_MS)
             page = context.new_page()
+            line = ui.wait_for_line(f"runs of {base.experiment_name()}: ")  # printed once the server answers
+            link = line.split(": ", 1)[1]
             browse(page, expect, ui.base, link, runs, record, shots(tmp_path))
             browser.close()
         ui.stop("SIGINT")
