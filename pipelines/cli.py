@@ -221,6 +221,9 @@ def predict(
 def ui(
     port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 5000,
     params: ParamsOpt = Path("params.yaml"),
+    workers: Annotated[
+        int, typer.Option(min=1, help="server processes (one serves a local user; each takes seconds to start)")
+    ] = 1,
 ) -> None:
     """Open the MLflow UI on 127.0.0.1 over the project's tracking backend (Ctrl-C or SIGTERM stops it);
     prints the link to these settings' runs table once the server answers."""
@@ -234,6 +237,7 @@ def ui(
     base, experiment = f"http://127.0.0.1:{port}", p.experiment_name()
     console.print(f"MLflow UI on {base} over {redact(uri)} (these settings' runs: {experiment})")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--workers", str(workers)]  # mlflow's default is 4 uvicorn workers
     threading.Thread(target=announce, args=(base, experiment), daemon=True).start()
     raise typer.Exit(serve(cmd))
 
