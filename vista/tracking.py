@@ -10,8 +10,9 @@ the run the driver created.
 
 One training run (one Ray Train run name) is one MLflow run: a re-run that resumes finds its run again by
 the tag ``vista.run_name``, so the metric history stays in one place. Every experiment vista uses is tagged
-as model training (``mlflow.experimentKind``), so the MLflow UI opens it on its runs table, not on the
-GenAI overview.
+as model training (``mlflow.experimentKind``), which MLflow records and searches by; MLflow 3.17's UI
+still opens every experiment in its GenAI view unless the URL asks for ``workflowType=machine_learning``,
+so ``vista ui`` prints that link (``pipelines.cli.experiment_page``).
 """
 
 from __future__ import annotations
