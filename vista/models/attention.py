@@ -10,9 +10,10 @@ One module covers the paper's method and the official code's behaviour; presets 
 - the structured attention ``A_d = Σ_t v^t ⊗ m^t`` (CP rank ≤ T) inferred by unrolled mean-field updates;
 - message ``M_d = A_d ⊙ S_d``, fused over dilations by a 1×1 conv.
 
-The pixel-adaptive filter ``D`` is computed as a sum of k² shifted products, never materialising the
-``B×C×k²×h×w`` unfold tensor of the official code (``vista.models.reference`` keeps that algorithm as
-a test oracle and benchmark baseline).
+The pixel-adaptive filter ``D`` and the evidence live in ``vista.models.filtering`` (fused Triton
+kernels on CUDA, k² shifted products elsewhere), never materialising the ``B×C×k²×h×w`` unfold tensor
+of the official code (``vista.models.reference`` keeps that algorithm as a test oracle and benchmark
+baseline).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from typing import Any, Literal, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .filtering import message_evidence, pixel_adaptive_filter  # noqa: F401  (public here since before the split)
 
 ChannelInit = Literal["uniform", "learned", "random"]
 Fusion = Literal["residual", "official"]
@@ -176,129 +179,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "senders": ("c2", "c3", "c4"),
     },
 }
-
-
-# --------------------------------------------------------------------------------------------------
-# Pixel-adaptive filtering
-# --------------------------------------------------------------------------------------------------
-
-
-def _shifts(x: Tensor, dilation: int, kernel_size: int) -> list[Tensor]:
-    """The k² shifted (zero-padded) views of ``x`` (B, C, h, w), in unfold's row-major order."""
-    h, w = x.shape[-2:]
-    p = dilation * (kernel_size - 1) // 2
-    xp = F.pad(x, (p, p, p, p))  # (B, C, h+2p, w+2p), one copy shared by all k² views
-    return [
-        xp[:, :, dy * dilation : dy * dilation + h, dx * dilation : dx * dilation + w]
-        for dy in range(kernel_size)
-        for dx in range(kernel_size)
-    ]
-
-
-def pixel_adaptive_filter(x: Tensor, kernel: Tensor, dilation: int, kernel_size: int) -> Tensor:
-    """``D(x, K)[b, c, i] = Σ_j K[b, j, i] · x[b, c, i + d·offset_j]`` (zero padding).
-
-    Args:
-        x: features ``(B, C, h, w)``.
-        kernel: one k×k kernel per pixel, shared over channels, ``(B, k², h, w)``.
-        dilation: spacing d of the kernel taps.
-        kernel_size: k.
-
-    Returns:
-        ``(B, C, h, w)``; computed as k² shifted products, without a ``B×C×k²×h×w`` tensor.
-    """
-    out: Tensor | None = None
-    for j, xs in enumerate(_shifts(x, dilation, kernel_size)):
-        kj = kernel[:, j : j + 1]  # (B, 1, h, w), broadcast over channels
-        out = kj * xs if out is None else out.addcmul_(kj, xs)
-    assert out is not None
-    return out
-
-
-def _evidence_forward(
-    f_e: Tensor, f_r: Tensor, w: Tensor, k_e: Tensor, k_r: Tensor, dilation: int, kernel_size: int
-) -> tuple[Tensor, Tensor]:
-    s: Tensor | None = None
-    p: Tensor | None = None
-    shifts_e = _shifts(f_e, dilation, kernel_size)
-    shifts_r = shifts_e if f_r is f_e else _shifts(f_r, dilation, kernel_size)
-    for j, (xe, xr) in enumerate(zip(shifts_e, shifts_r, strict=True)):
-        wj, kej, krj = w[:, j : j + 1], k_e[:, j : j + 1], k_r[:, j : j + 1]
-        s = wj * xe if s is None else s.addcmul_(wj, xe)
-        p = kej * xe if p is None else p.addcmul_(kej, xe)
-        p.addcmul_(krj, xr)
-    assert s is not None and p is not None
-    return s, p.addcmul_(f_r, s)  # (B, C, h, w) each
-
-
-def _shift_transpose_add(g_pad: Tensor, kernel: Tensor, g: Tensor, dilation: int, kernel_size: int) -> None:
-    """Adjoint of the shifts: ``g_pad[region_j] += kernel_j ⊙ g`` for every tap j."""
-    h, w = g.shape[-2:]
-    for j in range(kernel_size * kernel_size):
-        dy, dx = divmod(j, kernel_size)
-        region = g_pad[:, :, dy * dilation : dy * dilation + h, dx * dilation : dx * dilation + w]
-        region.addcmul_(kernel[:, j : j + 1], g)
-
-
-class _MessageEvidence(torch.autograd.Function):
-    """(S, Φ) with a hand-written backward: saves only the inputs and S (all alive anyway), never the
-    k² shifted copies, and accumulates input gradients in one padded buffer per input."""
-
-    @staticmethod
-    def forward(ctx, f_e, f_r, w, k_e, k_r, dilation, kernel_size):  # type: ignore[override]
-        dtype = functools.reduce(torch.promote_types, (t.dtype for t in (f_e, f_r, w, k_e, k_r)))
-        same = f_r is f_e
-        f_e, w, k_e, k_r = (t.to(dtype) for t in (f_e, w, k_e, k_r))
-        f_r = f_e if same else f_r.to(dtype)
-        s, phi = _evidence_forward(f_e, f_r, w, k_e, k_r, dilation, kernel_size)
-        ctx.save_for_backward(f_e, f_r, w, k_e, k_r, s)
-        ctx.conf = (dilation, kernel_size, same)
-        return s, phi
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g_s, g_phi):  # type: ignore[override]
-        f_e, f_r, w, k_e, k_r, s = ctx.saved_tensors
-        dilation, ks, same = ctx.conf
-        if g_s is None:
-            g_s = torch.zeros_like(s)
-        if g_phi is None:
-            g_phi = torch.zeros_like(s)
-        g_s_total = torch.addcmul(g_s, g_phi, f_r)  # S enters Φ through f_r ⊙ S
-        shifts_e = _shifts(f_e, dilation, ks)
-        shifts_r = shifts_e if same else _shifts(f_r, dilation, ks)
-        g_w = torch.stack([(g_s_total * xe).sum(1) for xe in shifts_e], 1)  # (B, k², h, w)
-        g_ke = torch.stack([(g_phi * xe).sum(1) for xe in shifts_e], 1)
-        g_kr = torch.stack([(g_phi * xr).sum(1) for xr in shifts_r], 1)
-        h, wd = s.shape[-2:]
-        p = dilation * (ks - 1) // 2
-        g_e_pad = s.new_zeros(s.shape[0], s.shape[1], h + 2 * p, wd + 2 * p)
-        _shift_transpose_add(g_e_pad, w, g_s_total, dilation, ks)
-        _shift_transpose_add(g_e_pad, k_e, g_phi, dilation, ks)
-        g_r_pad = g_e_pad if same else s.new_zeros(g_e_pad.shape)
-        _shift_transpose_add(g_r_pad, k_r, g_phi, dilation, ks)
-        g_e = g_e_pad[:, :, p : p + h, p : p + wd]
-        g_r_direct = g_phi * s
-        if same:
-            return g_e + g_r_direct, None, g_w, g_ke, g_kr, None, None
-        g_r = g_r_pad[:, :, p : p + h, p : p + wd] + g_r_direct
-        return g_e, g_r, g_w, g_ke, g_kr, None, None
-
-
-def message_evidence(
-    f_e: Tensor, f_r: Tensor, w: Tensor, k_e: Tensor, k_r: Tensor, dilation: int, kernel_size: int
-) -> tuple[Tensor, Tensor]:
-    """Filtered sender ``S = D(f_e, W)`` and evidence ``Φ = f_r ⊙ S + D(f_e, K^e) + D(f_r, K^r)``.
-
-    Args:
-        f_e, f_r: sender and receiver ``(B, C, h, w)`` (may be the same tensor).
-        w, k_e, k_r: per-pixel kernels ``(B, k², h, w)``.
-
-    Returns:
-        ``(S, Φ)``, each ``(B, C, h, w)``. The shifted views of ``f_e`` serve both of its filters; the
-        backward pass recomputes them instead of storing k² shifted copies.
-    """
-    return _MessageEvidence.apply(f_e, f_r, w, k_e, k_r, dilation, kernel_size)
 
 
 # --------------------------------------------------------------------------------------------------
