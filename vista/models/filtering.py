@@ -19,6 +19,7 @@ through it without a graph break). Two implementations sit behind it:
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 from types import ModuleType
 from typing import Literal
@@ -140,7 +141,7 @@ def _evidence_backward(
 def _triton_module() -> ModuleType | None:
     """:mod:`vista.models.triton_filter`, or ``None`` (logged once) when triton does not import."""
     try:
-        from . import triton_filter
+        triton_filter = importlib.import_module(f"{__package__}.triton_filter")
     except ImportError as e:  # triton is optional: it comes with CUDA builds of torch
         log.warning("triton is not importable (%s): message/evidence uses the shifted-products path on CUDA", e)
         return None
