@@ -57,15 +57,15 @@ def _compare(f_e, f_r, kernels, d: int, k: int, fn, **tol) -> None:  # noqa: ANN
     ref = unfold_message_evidence(ref_f_e, ref_f_r, *ref_inputs[-3:], d, k)
     g = torch.Generator().manual_seed(1)
     # upstream gradients representable in the tested dtype, so that both sides see the same ones
-    grads_out = [torch.randn(o.shape, generator=g, dtype=torch.float64).to(f_e.dtype).double() for o in ref]
+    grads_out = [torch.randn(o.shape, generator=g).to(f_e.device, f_e.dtype).double() for o in ref]
     for a, r in zip(ours, ref, strict=True):
         assert a.dtype == f_e.dtype
         torch.testing.assert_close(a.double(), r, **tol)
-    g_ours = torch.autograd.grad(ours, inputs, [x.to(f_e.device, f_e.dtype) for x in grads_out])
+    g_ours = torch.autograd.grad(ours, inputs, [x.to(f_e.dtype) for x in grads_out])
     g_ref = torch.autograd.grad(ref, ref_inputs, grads_out)
     for a, r in zip(g_ours, g_ref, strict=True):
         assert a.dtype == f_e.dtype
-        torch.testing.assert_close(a.double().cpu(), r, **tol)
+        torch.testing.assert_close(a.double(), r, **tol)
 
 
 # b, c, h, w, dilation, k, f_r = f_e, dtype, (channel, pixel) block of a program (None: the default)
@@ -180,11 +180,15 @@ def test_triton_cuda_matches_unfold_oracle(
 def test_model_on_cuda_takes_the_triton_path_and_matches_the_oracle() -> None:
     from vista.models import create_attention
 
-    torch.backends.cudnn.allow_tf32 = False  # the convs in full float32, for a tight comparison
     m = create_attention("official", in_channels=(8, 12, 16), width=40, eval_draws="fixed").cuda().eval()
     x = [torch.randn(2, c, 32 >> i, 32 >> i, device="cuda") for i, c in enumerate((8, 12, 16))]
-    fwd = _launches("fwd", "compiled")
-    ours = m(x)
-    assert _launches("fwd", "compiled") == fwd + 9
-    m.set_evidence_fn(unfold_message_evidence)
-    torch.testing.assert_close(ours, m(x), rtol=1e-4, atol=1e-4)
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # a tight float32 check
+    try:
+        fwd = _launches("fwd", "compiled")
+        ours = m(x)
+        assert _launches("fwd", "compiled") == fwd + 9  # 3 pairs × 3 dilations, backend "auto"
+        m.set_evidence_fn(unfold_message_evidence)
+        torch.testing.assert_close(ours, m(x), rtol=1e-4, atol=1e-4)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

@@ -58,7 +58,7 @@ def _evidence_fwd(
     C,
     H,
     W,
-    DIL: tl.constexpr,
+    DIL,
     K: tl.constexpr,
     SAME: tl.constexpr,
     ACC: tl.constexpr,
@@ -120,7 +120,7 @@ def _evidence_bwd(
     C,
     H,
     W,
-    DIL: tl.constexpr,
+    DIL,
     K: tl.constexpr,
     SAME: tl.constexpr,
     ACC: tl.constexpr,
@@ -190,7 +190,12 @@ def _evidence_bwd(
 @functools.cache
 def _kernel(name: str, interpret: bool):
     fn = {"fwd": _evidence_fwd, "bwd": _evidence_bwd}[name]
-    return InterpretedFunction(fn) if interpret else JITFunction(fn)
+    if interpret:
+        return InterpretedFunction(fn)
+    # sizes and the dilation as plain runtime integers: one compiled kernel per (dtype, k, f_r = f_e),
+    # not one per divisibility class of every size (the gathers are masked anyway)
+    sizes = ["C", "H", "W", "DIL"] + (["B"] if name == "bwd" else [])
+    return JITFunction(fn, do_not_specialize=sizes)
 
 
 def _mode(t: Tensor) -> str:
