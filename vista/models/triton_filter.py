@@ -10,19 +10,24 @@ straight from the unpadded input (masked loads stand for the zero padding). Noth
 - backward: one launch for everything. With ``G = g_S + g_Φ ⊙ f_r`` (S also enters Φ):
   the kernel gradients ``g_W[j, i] = Σ_c G[c, i] · f_e[c, i + o_j]`` (likewise ``g_Kᵉ`` with ``g_Φ``
   and ``f_e``, ``g_Kʳ`` with ``g_Φ`` and ``f_r``) are reduced over the program's channel block and
-  written as per-block partial sums (summed on the host: deterministic, no atomics); the input
+  written as per-block partial sums (then one torch sum over the blocks: deterministic, no atomics); the input
   gradients are gathered, ``g_fe[c, i] = Σ_j W[j, i − o_j] · G[c, i − o_j] + Kᵉ[j, i − o_j] · g_Φ[c, i − o_j]``
   and ``g_fr[c, i] = Σ_j Kʳ[j, i − o_j] · g_Φ[c, i − o_j] + g_Φ[c, i] · S[c, i]``.
 
 This module imports triton; :mod:`vista.models.filtering` imports it only when the Triton path is used.
-Kernels on CPU tensors run in Triton's interpreter (tests without a GPU); on CUDA tensors they are
-compiled, unless ``TRITON_INTERPRET=1``.
+Kernels on CPU tensors run in Triton's interpreter (tests without a GPU), on CUDA tensors compiled
+(unless ``TRITON_INTERPRET=1``). The mode is chosen per launch, not by ``TRITON_INTERPRET`` at import:
+each kernel is wrapped both ways, and its body calls only triton builtins (``tl.full``, ``tl.reduce``
+with ``tl.standard._sum_combine``, which the interpreter runs as a numpy sum) and no ``@triton.jit``
+helper of triton.language, which would be compiled-only once triton.language was imported without
+the variable. So one process runs both (a GPU box running the interpreter tests and the CUDA tests).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from collections import Counter
 
 import torch
@@ -34,10 +39,11 @@ from triton.runtime.jit import JITFunction
 
 # (channels, pixels) per program. The per-pixel kernel taps are loaded once per tile and shared by its
 # channels; the backward writes ceil(C / channels) partial sums of the kernel gradients. Sized for
-# registers, checked offline with ptxas for sm_90 (fp32, k 3): forward ~100, backward ~80-100
-# registers per thread at 4 warps, no spills. (Unrolling the k² taps with tl.static_range instead of
-# the loop below let the compiler hoist every tap's loads: 255 registers and spills.)
-FWD_BLOCK = (16, 64)
+# registers with ptxas for sm_90 (benchmarks/triton_registers.py; no GPU needed): forward 55-62,
+# backward 80-96 registers per thread at 4 warps, no spills (forward 16×64: 103-128). Unrolling the k²
+# taps with tl.static_range instead of the loop in the kernels let the compiler hoist every tap's
+# loads: 255 registers and spills. Not yet tuned by timing on a GPU.
+FWD_BLOCK = (16, 32)
 BWD_BLOCK = (16, 32)
 NUM_WARPS = 4
 
@@ -199,7 +205,9 @@ def _kernel(name: str, interpret: bool):
 
 
 def _mode(t: Tensor) -> str:
-    return "interpreter" if t.device.type == "cpu" or triton.knobs.runtime.interpret else "compiled"
+    knobs = getattr(triton, "knobs", None)  # triton >= 3.4; before, the variable itself
+    interpret = knobs.runtime.interpret if knobs is not None else os.environ.get("TRITON_INTERPRET") == "1"
+    return "interpreter" if t.device.type == "cpu" or interpret else "compiled"
 
 
 def _acc(dtype: torch.dtype):
