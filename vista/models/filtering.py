@@ -107,17 +107,21 @@ def _evidence_backward(
     s: Tensor,
     dilation: int,
     ks: int,
-) -> tuple[Tensor, Tensor | None, Tensor, Tensor, Tensor]:
-    """Input gradients in one padded buffer per input; ``f_r=None``: the receiver is the sender, its
-    gradient folded into ``f_e``'s."""
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """``(g_fe, g_fr, g_K)`` as the Triton backward's; input gradients in one padded buffer per input.
+    ``f_r=None``: the receiver is the sender, its gradient folded into ``f_e``'s."""
     same = f_r is None
     f_r = f_e if f_r is None else f_r
     g_s_total = torch.addcmul(g_s, g_phi, f_r)  # S enters Φ through f_r ⊙ S
     shifts_e = _shifts(f_e, dilation, ks)
     shifts_r = shifts_e if same else _shifts(f_r, dilation, ks)
-    g_w = torch.stack([(g_s_total * xe).sum(1) for xe in shifts_e], 1)  # (B, k², h, w)
-    g_ke = torch.stack([(g_phi * xe).sum(1) for xe in shifts_e], 1)
-    g_kr = torch.stack([(g_phi * xr).sum(1) for xr in shifts_r], 1)
+    g_k = torch.stack(  # (3, B, k², h, w): g_W, g_Kᵉ, g_Kʳ
+        [
+            torch.stack([(g_s_total * xe).sum(1) for xe in shifts_e], 1),
+            torch.stack([(g_phi * xe).sum(1) for xe in shifts_e], 1),
+            torch.stack([(g_phi * xr).sum(1) for xr in shifts_r], 1),
+        ]
+    )
     h, wd = s.shape[-2:]
     p = dilation * (ks - 1) // 2
     g_e_pad = s.new_zeros(s.shape[0], s.shape[1], h + 2 * p, wd + 2 * p)
@@ -128,8 +132,8 @@ def _evidence_backward(
     g_e = g_e_pad[:, :, p : p + h, p : p + wd]
     g_r_direct = g_phi * s
     if same:
-        return g_e + g_r_direct, None, g_w, g_ke, g_kr
-    return g_e.contiguous(), g_r_pad[:, :, p : p + h, p : p + wd] + g_r_direct, g_w, g_ke, g_kr
+        return g_e + g_r_direct, None, g_k
+    return g_e.contiguous(), g_r_pad[:, :, p : p + h, p : p + wd] + g_r_direct, g_k
 
 
 # --------------------------------------------------------------------------------------------------
@@ -206,8 +210,10 @@ def _message_evidence_backward_op(
     dilation: int,
     kernel_size: int,
     backend: str,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """``(g_fe, g_fr, g_W, g_Kᵉ, g_Kʳ)``; ``g_fr`` is empty when ``f_r`` is ``None`` (folded into g_fe)."""
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(g_fe, g_fr, g_K)``: ``g_fr`` is empty when ``f_r`` is ``None`` (folded into g_fe); ``g_K`` stacks
+    ``(g_W, g_Kᵉ, g_Kʳ)``, (3, B, k², h, w), one tensor from one reduction (outputs of an op must not
+    alias each other, so three views of it could not be returned)."""
     g_s, g_phi = g_s.contiguous(), g_phi.contiguous()
     if _uses_triton(backend, f_e):
         tf = _triton_module()
@@ -215,14 +221,14 @@ def _message_evidence_backward_op(
         grads = tf.evidence_backward(g_s, g_phi, f_e, f_r, w, k_e, k_r, s, dilation, kernel_size)
     else:
         grads = _evidence_backward(g_s, g_phi, f_e, f_r, w, k_e, k_r, s, dilation, kernel_size)
-    g_fe, g_fr, *g_k = grads
-    return g_fe, f_e.new_empty(0) if g_fr is None else g_fr, *g_k
+    g_fe, g_fr, g_k = grads
+    return g_fe, f_e.new_empty(0) if g_fr is None else g_fr, g_k
 
 
 @_message_evidence_backward_op.register_fake
 def _(g_s, g_phi, f_e, f_r, w, k_e, k_r, s, dilation, kernel_size, backend):  # noqa: ANN001, ANN202
     g_fr = f_e.new_empty(0) if f_r is None else torch.empty_like(f_e)
-    return torch.empty_like(f_e), g_fr, torch.empty_like(w), torch.empty_like(k_e), torch.empty_like(k_r)
+    return torch.empty_like(f_e), g_fr, w.new_empty(3, *w.shape)
 
 
 def _setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
@@ -233,8 +239,8 @@ def _setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
 
 def _backward(ctx, g_s: Tensor, g_phi: Tensor) -> tuple[Tensor | None, ...]:  # noqa: ANN001
     f_e, f_r, w, k_e, k_r, s = ctx.saved_tensors
-    g_fe, g_fr, g_w, g_ke, g_kr = _message_evidence_backward_op(g_s, g_phi, f_e, f_r, w, k_e, k_r, s, *ctx.conf)
-    return g_fe, None if f_r is None else g_fr, g_w, g_ke, g_kr, None, None, None
+    g_fe, g_fr, g_k = _message_evidence_backward_op(g_s, g_phi, f_e, f_r, w, k_e, k_r, s, *ctx.conf)
+    return g_fe, None if f_r is None else g_fr, *g_k.unbind(0), None, None, None
 
 
 _message_evidence_op.register_autograd(_backward, setup_context=_setup_context)

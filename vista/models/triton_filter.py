@@ -265,24 +265,25 @@ def evidence_backward(
     dilation: int,
     kernel_size: int,
     blocks: tuple[int, int] | None = None,
-) -> tuple[Tensor, Tensor | None, Tensor, Tensor, Tensor]:
-    """Gradients ``(g_fe, g_fr, g_W, g_Kᵉ, g_Kʳ)``; ``g_fr`` is ``None`` (folded into ``g_fe``) when
-    ``f_r`` is ``None``. Inputs contiguous, of one dtype; ``blocks``: default ``BWD_BLOCK``."""
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """Gradients ``(g_fe, g_fr, g_K)``, ``g_K`` the kernels' ``(g_W, g_Kᵉ, g_Kʳ)`` stacked, (3, B, k², h, w);
+    ``g_fr`` is ``None`` (folded into ``g_fe``) when ``f_r`` is ``None``. Inputs contiguous, of one dtype;
+    ``blocks``: default ``BWD_BLOCK``."""
     blocks = blocks or BWD_BLOCK
     bsz, c, h, wd = f_e.shape
     k2 = kernel_size * kernel_size
     same = f_r is None
     grid = _grid(f_e, *blocks)
     acc_dtype = torch.float64 if f_e.dtype == torch.float64 else torch.float32
-    parts = [torch.empty(grid[1], bsz, k2, h, wd, dtype=acc_dtype, device=f_e.device) for _ in range(3)]
+    # per-channel-block partial sums of (g_W, g_Kᵉ, g_Kʳ); the kernel sees three (blocks, B, k², h, w) slices
+    parts = torch.empty(3, grid[1], bsz, k2, h, wd, dtype=acc_dtype, device=f_e.device)
     g_fe = torch.empty_like(f_e)
     g_fr = None if same else torch.empty_like(f_e)
     _launch(
         "bwd", f_e, grid,
-        g_s, g_phi, f_e, f_e if same else f_r, w, k_e, k_r, s, g_fe, g_fe if same else g_fr, *parts,
+        g_s, g_phi, f_e, f_e if same else f_r, w, k_e, k_r, s, g_fe, g_fe if same else g_fr, *parts.unbind(0),
         bsz, c, h, wd,
         DIL=dilation, K=kernel_size, SAME=same, ACC=_acc(f_e.dtype), BLOCK_C=blocks[0], BLOCK_P=blocks[1],
         num_warps=NUM_WARPS,
     )  # fmt: skip
-    g_w, g_ke, g_kr = (g.sum(0).to(w.dtype) for g in parts)  # over channel blocks: (B, k², h, w) each
-    return g_fe, g_fr, g_w, g_ke, g_kr
+    return g_fe, g_fr, parts.sum(1).to(w.dtype)  # one reduction over the channel blocks
