@@ -42,6 +42,10 @@ def bare(params, shards: str, epochs: int) -> tuple[float, float]:  # noqa: ANN0
     t = params.train
     torch.manual_seed(t.seed)
     model = build_model(params)
+    if t.channels_last:  # as the Ray Train workers do
+        model = model.to(memory_format=torch.channels_last)
+    if t.compile:
+        model.compile()
     opt, sched, loss_fn, data, steps = training_parts(params, model, shards)
     speeds = []
     for _ in range(epochs):

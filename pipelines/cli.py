@@ -198,6 +198,9 @@ def predict(
     params: Annotated[
         Path, typer.Option("--params", "-p", help="settings file (its tracking.uri resolves models:/ URIs)")
     ] = Path("params.yaml"),
+    device: Annotated[
+        str, typer.Option("--device", help="auto (CUDA when there is one, else CPU), cpu, cuda or cuda:N")
+    ] = "auto",
 ) -> None:
     """Colourised depth / segmentation / normals of a trained model for IMAGES."""
     from vista.data.sources.base import SampleError
@@ -210,7 +213,7 @@ def predict(
 
         uri = tracking_uri(_load(params, None, None).tracking.uri if params.is_file() else None)
     try:
-        stage.run(images, model, out, console, tracking_uri=uri, max_side=max_side)
+        stage.run(images, model, out, console, tracking_uri=uri, max_side=max_side, device=device)
     except Exception as err:
         if isinstance(err, (SampleError, *_expected_errors())):
             raise _fail(err) from None

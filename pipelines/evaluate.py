@@ -20,7 +20,7 @@ from vista.checkpoint import build_trained, model_differences, read_trained
 from vista.config import Params, with_overrides
 from vista.data import shards_location
 from vista.data.webdata import eval_loader
-from vista.engine import evaluate
+from vista.engine import evaluate, resolve_device
 from vista.protocol import task_metrics
 
 EVAL_DIR = Path("eval")
@@ -91,7 +91,8 @@ def run(params: Params, console: Console | None = None) -> dict[str, Any]:
         raise FileNotFoundError(f"{best}: no trained model (run `vista train` or `dvc repro train`)")
     state, trained = read_trained(best)
     params = checkpoint_settings(best, trained, params)
-    model = build_trained(best, state, params)
+    device = resolve_device(params.eval.device)
+    model = build_trained(best, state, params).to(device)
     metrics = task_metrics(params)
     loader = eval_loader(
         shards_location(params.data),
@@ -99,8 +100,9 @@ def run(params: Params, console: Console | None = None) -> dict[str, Any]:
         params.train.batch_size,
         params.loader.num_workers,
         on_bad_sample=params.data.on_bad_sample,
+        pin_memory=device.type == "cuda",
     )
-    results = evaluate(model, loader, metrics, "cpu", split=split)
+    results = evaluate(model, loader, metrics, device, split=split)
 
     plots = EVAL_DIR / "plots"
     plots.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ from vista.checkpoint import load_trained
 from vista.config import Params
 from vista.data.sources.base import read_rgb
 from vista.data.torch_dataset import to_tensors
+from vista.engine import resolve_device
 from vista.protocol import model_max_depth
 from vista.visualize import colorize_depth, colorize_normals, colorize_seg
 
@@ -58,11 +59,13 @@ def run(
     console: Console | None = None,
     tracking_uri: str | None = None,
     max_side: int = MAX_SIDE,
+    device: str = "auto",
 ) -> list[Path]:
     """Write ``<stem>_<task>.png`` per image and task (and ``<stem>_depth.npy``, metres) into ``out_dir``.
 
     Outputs have the input's size, except for images whose long side exceeds ``max_side``: those are
     downscaled to it (aspect kept) before the model, and their outputs have that size (memory bounded).
+    ``device``: ``auto`` (CUDA when there is one, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
     """
     console = console or Console()
     if max_side < 16:
@@ -70,13 +73,15 @@ def run(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: is a file; give a folder (created when missing)")
+    dev = resolve_device(device)
     model, params = load_model(model_path, tracking_uri)
+    model.to(dev)
     m = params.model
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for image_path, stem in zip(images, output_stems(images), strict=True):
         rgb = read_rgb(image_path, max_side)
-        pred = model(to_tensors({"rgb": rgb})["rgb"][None])
+        pred = {k: v.float().cpu() for k, v in model(to_tensors({"rgb": rgb})["rgb"][None].to(dev)).items()}
         files = {}
         if "depth" in pred:
             depth = pred["depth"][0, 0].numpy()

@@ -145,6 +145,7 @@ def training_parts(
         shuffle_buffer=ld.shuffle_buffer,
         seed=t.seed,
         on_bad_sample=params.data.on_bad_sample,
+        pin_memory=next(model.parameters()).is_cuda,
     )
     return opt, sched, loss_fn, data, steps
 
@@ -168,6 +169,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     net0 = build_model(params)
     if t.channels_last:  # the weights too, not only the input: convolutions then skip the layout changes
         net0 = net0.to(memory_format=torch.channels_last)
+    if t.compile:  # in place: the forward is compiled, parameter names (and so checkpoints) stay as they are
+        net0.compile()
     model = ray.train.torch.prepare_model(net0)
     if t.grad_compression != "none" and world > 1:
         # all-reduce gradients in 16 bits: half the bytes; with gloo on CPUs the fp32 all-reduce of a
@@ -181,7 +184,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     opt, sched, loss_fn, train_data, steps = training_parts(params, model, shards, world, budget)
     metrics = task_metrics(params)
     skip = params.data.on_bad_sample
-    val_data = eval_loader(shards, "val", t.batch_size, num_workers=ld.num_workers, on_bad_sample=skip)
+    pin = device.type == "cuda"
+    val_data = eval_loader(shards, "val", t.batch_size, ld.num_workers, on_bad_sample=skip, pin_memory=pin)
 
     uri, run_id = config.get("tracking_uri"), config.get("mlflow_run_id")
     uri = tracking.from_driver(uri) if uri else None

@@ -75,6 +75,7 @@ def test_overrides_are_typed_and_applied_after_the_profile() -> None:
         ("data.image_size=[0, 0]", r"data\.image_size\.0=0"),
         ("train.resources_per_worker={CPU: -1}", r"train\.resources_per_worker\.CPU=-1"),
         ("tune.trial_resources={CPU: -0.5}", r"tune\.trial_resources\.CPU=-0\.5"),
+        ("eval.device=gpu", r"eval\.device='gpu'"),
     ],
 )
 def test_bad_overrides_name_key_and_value(override: str, match: str) -> None:

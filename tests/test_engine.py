@@ -8,7 +8,7 @@ import torch
 from vista.checkpoint import load_checkpoint, save_checkpoint
 from vista.data.sources.synthetic import SyntheticConfig
 from vista.data.torch_dataset import SyntheticDataset
-from vista.engine import build_optimizer, evaluate, poly_schedule, train_one_epoch
+from vista.engine import build_optimizer, evaluate, poly_schedule, resolve_device, train_one_epoch
 from vista.losses import MultiTaskLoss
 from vista.metrics import TaskMetrics
 from vista.models import create_model
@@ -217,3 +217,29 @@ def test_class_weights_weigh_the_segmentation_loss() -> None:
     assert parts["seg"].item() == pytest.approx(expected.item())
     plain = MultiTaskLoss(ignore_index=255)({"seg": logits}, {"seg": seg})[1]["seg"]
     assert plain.item() != pytest.approx(expected.item())
+
+
+def test_device_auto_is_cuda_when_there_is_one_and_a_missing_device_is_named() -> None:
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    n = torch.cuda.device_count()
+    with pytest.raises(ValueError, match=rf"device 'cuda:{n}': this machine has {n} CUDA device"):
+        resolve_device(f"cuda:{n}")
+
+
+def test_adam_is_fused_on_cuda_only() -> None:
+    m = create_model("vista_r18", tasks=("seg",), **TINY)
+    assert not build_optimizer(m, "adamw").defaults["fused"]  # CPU: the default (foreach) update
+    if torch.cuda.is_available():
+        assert build_optimizer(m.cuda(), "adamw").defaults["fused"]
+
+
+def test_compile_in_place_keeps_parameter_names() -> None:
+    """``train.compile`` compiles the forward in place (``nn.Module.compile``): the state dict, and so every
+    checkpoint, keeps its names (``torch.compile(model)`` would prefix them ``_orig_mod.``)."""
+    m = create_model("vista_r18", tasks=("seg",), **TINY)
+    names = list(m.state_dict())
+    m.compile()  # compiles lazily, at the first call
+    assert list(m.state_dict()) == names
+    fresh = create_model("vista_r18", tasks=("seg",), **TINY)
+    fresh.load_state_dict(m.state_dict())

@@ -163,6 +163,7 @@ class TrainParams(_Strict):
     class_weights: Literal["none", "median_freq"] | tuple[float, ...] = "none"  # segmentation CE
     amp: bool = False
     channels_last: bool = False
+    compile: bool = False  # torch.compile of the model's forward (CPU or CUDA)
     grad_compression: Literal["none", "fp16", "bf16"] = "none"  # DDP gradient all-reduce in this dtype
     loss_weights: dict[Task, float] = {"depth": 1.0, "seg": 1.0, "normal": 1.0}
     aux_weight: float = Field(0.2, ge=0)
@@ -195,6 +196,7 @@ class EvalParams(_Strict):
     depth protocol (range and crop) when it should differ from the dataset's."""
 
     split: str = "val"
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")  # auto: CUDA when there is one, else CPU
     depth_range: tuple[float, float] | None = None  # (min, max) metres; None: the dataset's protocol
     depth_crop: Literal["none", "eigen", "garg"] | None = None  # None: the dataset's (NYU eigen, KITTI garg)
 

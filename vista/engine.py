@@ -26,6 +26,19 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
+def resolve_device(spec: str = "auto") -> torch.device:
+    """``auto``: the first CUDA device when there is one, else the CPU; or ``cpu``, ``cuda``, ``cuda:N``
+    (a CUDA device that is not there is an error naming it)."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda":
+        n = torch.cuda.device_count()
+        if device.index is not None and device.index >= n or n == 0:
+            raise ValueError(f"device {spec!r}: this machine has {n} CUDA device(s)")
+    return device
+
+
 def build_optimizer(
     model: nn.Module,
     name: str = "adamw",
@@ -51,10 +64,12 @@ def build_optimizer(
     n_trainable = sum(1 for p in net.parameters() if p.requires_grad)
     if n_grouped != n_trainable:
         raise RuntimeError(f"optimiser groups hold {n_grouped} parameters, the model trains {n_trainable}")
+    # on CUDA one fused kernel updates every parameter (Adam/AdamW); on CPU the default (foreach) path
+    fused = all(p.is_cuda for g in param_groups for p in g["params"]) or None
     if name == "adamw":
-        return torch.optim.AdamW(param_groups, lr=lr, weight_decay=weight_decay, eps=eps)
+        return torch.optim.AdamW(param_groups, lr=lr, weight_decay=weight_decay, eps=eps, fused=fused)
     if name == "adam":
-        return torch.optim.Adam(param_groups, lr=lr, weight_decay=weight_decay, eps=eps)
+        return torch.optim.Adam(param_groups, lr=lr, weight_decay=weight_decay, eps=eps, fused=fused)
     if name == "sgd":
         return torch.optim.SGD(param_groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     raise ValueError(f"optimizer={name!r}: choose adamw, adam or sgd")

@@ -279,12 +279,14 @@ def train_loader(
     seed: int = 0,
     samples_per_epoch: int | None = None,
     on_bad_sample: OnBadSample = "error",
+    pin_memory: bool = False,
 ) -> wds.WebLoader:
     """An endless, resampled training stream cut into epochs of equal length on every rank.
 
     Args:
         location: folder or URL prefix holding ``shards.json``.
         samples_per_epoch: total over all ranks; default = the split's sample count.
+        pin_memory: batches in page-locked memory (for non-blocking copies to a CUDA device).
         on_bad_sample: ``error`` (a bad sample fails the run, naming shard and key) or ``skip`` (dropped,
             counted in each batch's ``skipped``; the endless stream keeps every batch full).
 
@@ -304,12 +306,23 @@ def train_loader(
         wds.map(_train_map(transform, on_bad_sample)),
         *_batching(batch_size, False, on_bad_sample),
     )
-    loader = wds.WebLoader(pipeline, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0)
+    loader = wds.WebLoader(
+        pipeline,
+        batch_size=None,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        pin_memory=pin_memory,
+    )
     return loader.with_epoch(math.ceil(total / (world * batch_size)))
 
 
 def eval_loader(
-    location: str, split: str, batch_size: int, num_workers: int = 0, on_bad_sample: OnBadSample = "error"
+    location: str,
+    split: str,
+    batch_size: int,
+    num_workers: int = 0,
+    on_bad_sample: OnBadSample = "error",
+    pin_memory: bool = False,
 ) -> wds.WebLoader:
     """One pass over ``split``: every sample exactly once across all ranks and workers.
 
@@ -330,7 +343,7 @@ def eval_loader(
         wds.map(_guarded(_eval_sample, on_bad_sample)),
         *_batching(batch_size, True, on_bad_sample),
     )
-    return wds.WebLoader(pipeline, batch_size=None, num_workers=num_workers)
+    return wds.WebLoader(pipeline, batch_size=None, num_workers=num_workers, pin_memory=pin_memory)
 
 
 def iter_samples(location: str, split: str) -> Iterator[dict[str, Any]]:

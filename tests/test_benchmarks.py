@@ -1,0 +1,46 @@
+"""benchmarks/gpu.py: runs every variant on the CPU (``--cpu-smoke``) with torch alone, and its MFU
+arithmetic uses the card's dense bf16 peak."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+GPU = ROOT / "benchmarks" / "gpu.py"
+# the script runs where only torch (+ timm) is installed: these must not be imported
+ABSENT = ("ray", "mlflow", "dvc", "pydantic", "webdataset")
+
+
+def test_cpu_smoke_runs_every_variant_without_the_pipeline_stack(tmp_path: Path) -> None:
+    rows_file = tmp_path / "rows.json"
+    code = (
+        "import runpy, sys\n"
+        f"sys.modules.update(dict.fromkeys({ABSENT!r}))  # import of any of them fails\n"
+        f"sys.argv = ['gpu.py', '--cpu-smoke', '--json', {str(rows_file)!r}]\n"
+        f"runpy.run_path({str(GPU)!r}, run_name='__main__')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = json.loads(rows_file.read_text())
+    variants = runpy.run_path(str(GPU))["VARIANTS"]
+    assert [r["variant"] for r in rows] == list(variants)
+    assert all(r["images_per_s"] > 0 and r["step_s"] > 0 for r in rows), rows
+    flops = {r["gflop_per_step"] for r in rows}
+    assert len(flops) == 1 and flops.pop() > 0  # counted once per model
+    assert "| vista_r18 | bf16+cl+compile |" in proc.stdout  # the markdown table
+
+
+@pytest.mark.parametrize(
+    ("name", "peak"),
+    [("NVIDIA H100 80GB HBM3", 989.0), ("NVIDIA H100 PCIe", 756.0), ("NVIDIA H200", 989.0),
+     ("NVIDIA A100-SXM4-80GB", 312.0), ("Some Future GPU", None)],
+)  # fmt: skip
+def test_peak_from_the_device_name(name: str, peak: float | None) -> None:
+    assert runpy.run_path(str(GPU))["peak_tflops"](name) == peak
