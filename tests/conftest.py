@@ -14,6 +14,11 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# under pytest-xdist (the README's test command runs 2 workers) each worker gets its share of the cores:
+# two processes each running torch on every core slow each other down many times over
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+
 ROOT = Path(__file__).resolve().parents[1]
 # the project's shared data folder: ../shared beside the repo, or $VISTA_SHARED (e.g. a copy on a GPU box)
 SHARED = Path(os.environ.get("VISTA_SHARED") or ROOT.parent / "shared")
