@@ -33,6 +33,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that is free now (for a server a test starts)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def shared_path(*parts: str) -> Path:
     """A path under ../shared; fails (not skips) in CI when it is missing."""
     path = SHARED.joinpath(*parts)

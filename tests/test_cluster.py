@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
 from vista.config import load_params
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
@@ -32,12 +31,6 @@ EXCLUDES = [".git", ".venv", "data", "runs", "models", "eval", "mlartifacts", "m
 EXCLUDES += ["tune", "*.egg-info"]
 S3_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 BUCKET = "vista"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(what: str, ready, timeout: float = 120, proc: subprocess.Popen | None = None) -> None:  # noqa: ANN001

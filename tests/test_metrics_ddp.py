@@ -4,13 +4,13 @@ single-process result on all of it."""
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from tests.conftest import free_port
 from vista.metrics import TaskMetrics
 
 pytestmark = pytest.mark.timeout(120)
@@ -45,9 +45,7 @@ def _worker(rank: int, world: int, port: int, queue: mp.Queue) -> None:
 
 
 def test_two_ranks_reduce_to_the_single_process_result() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     procs = [ctx.Process(target=_worker, args=(r, 2, port, queue)) for r in range(2)]

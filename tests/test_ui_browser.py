@@ -20,7 +20,7 @@ from pipelines.train import data_version, redacted_dump, run_name, training_part
 from tests.conftest import ROOT
 from tests.ui import VistaUI
 from vista import tracking
-from vista.checkpoint import build_model
+from vista.checkpoint import build_model, save_checkpoint
 from vista.config import Params, load_params
 from vista.data.webdata import eval_loader
 from vista.engine import evaluate as measure
@@ -69,10 +69,7 @@ def train_and_log(p: Params, uri: str) -> tuple[str, str, dict[str, float]]:
     tracking.log_metrics(uri, run_id, row, step=1)
     tracking.end_run(uri, run_id)
     models = Path(p.train.models_dir)
-    models.mkdir(exist_ok=True)
-    torch.save(
-        {"model": model.state_dict(), "epoch": 1, "params": redacted_dump(p), "metrics": row}, models / "best.pt"
-    )
+    save_checkpoint(models / "best.pt", model, epoch=1, params=redacted_dump(p), metrics=row)
     card = {"run_name": name, "best_epoch": 1, "data": {"dataset": p.data.dataset, "version": version}}
     card["mlflow"] = {"tracking_uri": uri, "run_id": run_id}
     (models / "model_card.json").write_text(json.dumps(card))

@@ -34,7 +34,8 @@ from .config import project_path
 
 RUN_NAME_TAG = "vista.run_name"
 FAILURE_TAG = "vista.failure"  # the reason a run ended FAILED
-# the experiment kind the MLflow UI (3.x) reads to pick its view; "custom_model_development" = "Model training"
+# the experiment kind MLflow (3.x) records ("custom_model_development" = "Model training"); the 3.17 UI
+# picks its view from its own switch or the URL's workflowType, not from this tag (pipelines.cli.experiment_page)
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"
 DIGEST_CHARS = 12  # MLflow keeps at most 36 characters of a dataset digest; a data version is a sha256
