@@ -44,3 +44,22 @@ def test_cpu_smoke_runs_every_variant_without_the_pipeline_stack(tmp_path: Path)
 )  # fmt: skip
 def test_peak_from_the_device_name(name: str, peak: float | None) -> None:
     assert runpy.run_path(str(GPU))["peak_tflops"](name) == peak
+
+
+def test_triton_blocks_smoke_times_every_tile_through_the_interpreter() -> None:
+    script = ROOT / "benchmarks" / "triton_blocks.py"
+    cmd = [sys.executable, str(script), "--smoke", "--blocks", "8x64", "4x32", "--dtype", "float32"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| 1 | 8 | 4 | float32 |")]
+    # the default tile first, then the others, each timed (a number in the fwd+bwd column)
+    assert [r.split("|")[5].strip() for r in rows] == ["8x64", "4x32"], proc.stdout
+    assert all(float(r.split("|")[9]) > 0 for r in rows), proc.stdout
+    assert sum("fastest" in r for r in rows) == 1, proc.stdout
+
+
+def test_triton_blocks_refuses_a_malformed_tile() -> None:
+    script = ROOT / "benchmarks" / "triton_blocks.py"
+    proc = subprocess.run([sys.executable, str(script), "--smoke", "--blocks", "8by64"], capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "--blocks '8by64': expected CxP" in proc.stderr

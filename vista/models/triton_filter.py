@@ -42,9 +42,11 @@ from triton.runtime.jit import JITFunction
 # registers with ptxas for sm_90 (benchmarks/triton_registers.py; no GPU needed): forward 55-62,
 # backward 80-96 registers per thread at 4 warps, no spills (forward 16×64: 103-128). Unrolling the k²
 # taps with tl.static_range instead of the loop in the kernels let the compiler hoist every tap's
-# loads: 255 registers and spills. Not yet tuned by timing on a GPU.
-FWD_BLOCK = (16, 32)
-BWD_BLOCK = (16, 32)
+# loads: 255 registers and spills. Timed on an H100 (benchmarks/triton_blocks.py, docs/benchmarks.md):
+# 8 channels × 64 pixels was the fastest or within 7 % of it at both of issue 10's shapes and dtypes,
+# 1.25-1.6× faster than 16×32; 32-channel tiles were the slowest (fewer programs than the card has SMs × 4).
+FWD_BLOCK = (8, 64)
+BWD_BLOCK = (8, 64)
 NUM_WARPS = 4
 
 # launches by (kernel, mode), and the last grid of each kernel: tests check that the Triton path (in
