@@ -391,6 +391,23 @@ def test_bf16_autocast_forward_backward_cuda() -> None:
     assert all(torch.isfinite(p.grad).all() for p in m.parameters())
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("preset", ["official", "paper"])
+def test_a_training_step_does_not_synchronise_with_the_gpu(preset: str) -> None:
+    """The random channel vectors are copied from pinned memory and the Triton op launches without a sync:
+    the CPU queues a whole forward+backward ahead of the GPU (small batches are launch-bound otherwise)."""
+    torch.manual_seed(0)
+    m = tiny(preset).cuda().train()
+    x = feats(device="cuda")
+    m(x).square().mean().backward()  # warm-up: Triton compiles, cuDNN picks algorithms
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        m(x).square().mean().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 def test_bf16_autocast_forward_backward_cpu() -> None:
     m = tiny(channel_init="learned").train()
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -333,7 +333,14 @@ class AttentionGatedMessage(nn.Module):
                 draws = torch.randn(1, t, c, generator=gen).expand(b, t, c)
             else:
                 draws = torch.stack([torch.randn(b, c) for _ in range(t)], dim=1)
-            return draws.to(device=phi.device, dtype=phi.dtype)
+            draws = draws.to(phi.dtype)
+            if phi.device.type == "cuda" and not torch.compiler.is_compiling():
+                # a copy from pageable memory waits for the GPU's queue: one stall per pair and dilation,
+                # which left the official preset launch-bound at small batches. From pinned memory the
+                # copy is queued like a kernel (the pinned block is not reused before it has run).
+                # Compiled graphs make their own copies.
+                draws = draws.pin_memory()
+            return draws.to(device=phi.device, non_blocking=True)
         return phi.new_zeros(b, t, c)  # uniform: softmax(0) = 1/C
 
     def infer(self, i: int, phi: Tensor) -> tuple[Tensor, Tensor] | None:
