@@ -26,7 +26,7 @@ allocated (a training step in steady state):
 - both: the activations saved for backward (unique storages, parameters and inputs excluded).
 
 Usage: ``python benchmarks/attention.py [--device cpu|cuda] [--batch 2] [--image 256] [--dtype float32 bf16]
-[--variants fused shifted unfold] [--compile] [--iters 5] [--target] [--tf32] [--profile]``
+[--variants fused shifted unfold] [--compile] [--iters 5] [--target] [--tf32] [--cudnn-benchmark] [--profile]``
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ def _rss_kib(field: str) -> int:
 def _precision(args: argparse.Namespace) -> None:
     # cuDNN runs float32 convs in TF32 by default on Ampere and later; the accuracy target is float32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = bool(args.tf32)
+    torch.backends.cudnn.benchmark = bool(args.cudnn_benchmark)
 
 
 def _evidence_fn(variant: str):  # noqa: ANN202
@@ -180,6 +181,7 @@ def _measure_in_subprocess(args: argparse.Namespace, variant: str, batch: int, i
     opts = ["--device", args.device, "--preset", args.preset, "--width", str(args.width), "--dtype", dtype]
     cmd = [sys.executable, __file__, "--variant", variant, "--out-tensor", str(out_path), *opts]
     cmd += ["--batch", str(batch), "--image", str(image), *(["--tf32"] if args.tf32 else [])]
+    cmd += ["--cudnn-benchmark"] if args.cudnn_benchmark else []
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         sys.exit(f"{variant} failed:\n{proc.stderr}")
@@ -203,7 +205,8 @@ def run(args: argparse.Namespace, variants: list[str], batch: int, image: int, d
     print(
         f"\nattention benchmark: preset={args.preset} batch={batch} image={image}x{image} (grid {s}x{s}) "
         f"width={args.width} dtype={dtype}{' (autocast)' if dtype == 'bf16' else ''} device={args.device} "
-        f"torch={torch.__version__} threads={torch.get_num_threads()} tf32={bool(args.tf32)}"
+        f"torch={torch.__version__} threads={torch.get_num_threads()} tf32={bool(args.tf32)} "
+        f"cudnn.benchmark={bool(args.cudnn_benchmark)}"
     )
     if args.device == "cuda":
         print(f"GPU: {torch.cuda.get_device_name()}")
@@ -256,6 +259,7 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also time the eager variants under torch.compile")
     ap.add_argument("--target", action="store_true", help="CUDA: batch 2 @ 256² and 8 @ 480², float32 and bf16")
     ap.add_argument("--tf32", action="store_true", help="let CUDA convs/matmuls use TF32 (default: float32)")
+    ap.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN time its conv algorithms per shape")
     ap.add_argument("--variant", help=argparse.SUPPRESS)
     ap.add_argument("--out-tensor", help=argparse.SUPPRESS)
     ap.add_argument("--profile", action="store_true", help="print torch.profiler's top ops of the model's fwd+bwd")

@@ -125,8 +125,27 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def profile_step(step: Callable, device: torch.device, title: str, rows: int = 15) -> None:
+    """Print the top ops/kernels of one (warm) step by device time (CPU time on a CPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        step()
+        sync(device)
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(f"\n## profile of one step: {title}\n{prof.key_averages().table(sort_by=key, row_limit=rows)}", flush=True)
+
+
 def measure(
-    name: str, variant: str, batch: dict[str, torch.Tensor], steps: int, warmup: int, smoke: bool, backend: str
+    name: str,
+    variant: str,
+    batch: dict[str, torch.Tensor],
+    steps: int,
+    warmup: int,
+    smoke: bool,
+    backend: str,
+    profile: bool = False,
 ) -> dict[str, float]:
     """images/s, peak memory (GiB, CUDA only) and seconds of the warm-up steps of one variant."""
     device = batch["rgb"].device
@@ -147,6 +166,8 @@ def measure(
     sync(device)
     seconds = time.perf_counter() - tic
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    if profile:
+        profile_step(step, device, f"{name} {variant}")
     del model, step
     return {"images_per_s": steps * batch["rgb"].shape[0] / seconds, "step_s": seconds / steps, "peak_gib": peak,
             "warmup_s": warm_s}  # fmt: skip
@@ -165,7 +186,7 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
     backend = "aot_eager" if smoke else args.compile_backend
     print(f"# {card}, torch {torch.__version__}; batch {bs} at {size[0]}x{size[1]}, {steps} timed steps "
           f"after {warmup}; bf16 peak {f'{peak:.0f} TFLOP/s' if peak else 'unknown (no MFU)'}; "
-          f"torch.compile backend {backend}")  # fmt: skip
+          f"torch.compile backend {backend}; cudnn.benchmark {args.cudnn_benchmark}")  # fmt: skip
     batch = make_batch(bs, size, device)
     rows: list[dict[str, object]] = []
     print("| model | variant | images/s | ms/step | peak GiB | GFLOP/step | TFLOP/s | MFU | warm-up s |")
@@ -173,7 +194,7 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
     for name in models:
         flops = count_flops(name, batch, smoke)
         for variant in args.variants:
-            r = measure(name, variant, batch, steps, warmup, smoke, backend)
+            r = measure(name, variant, batch, steps, warmup, smoke, backend, args.profile)
             achieved = flops / r["step_s"] / 1e12
             mfu = achieved / peak if peak else float("nan")
             row = {"model": name, "variant": variant, "card": card, "torch": torch.__version__, "batch": bs,
@@ -199,7 +220,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
     ap.add_argument("--compile-backend", default="inductor", help="torch.compile backend of the +compile variant")
     ap.add_argument("--json", default=None, help="also write the rows to this file")
     ap.add_argument("--cpu-smoke", action="store_true", help="tiny model and shapes on the CPU (checks the script)")
-    return run(ap.parse_args(argv))
+    ap.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN time its conv algorithms per shape")
+    ap.add_argument("--profile", action="store_true", help="print the top kernels of one step per variant")
+    args = ap.parse_args(argv)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    return run(args)
 
 
 if __name__ == "__main__":
