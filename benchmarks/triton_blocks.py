@@ -6,7 +6,7 @@ finest feature grid (image ÷ 8), f_r ≠ f_e, k = 3, each dilation of the prese
 Times are ``triton.testing.do_bench`` medians (ms) summed over the dilations; the fastest row per shape
 and dtype is marked. The defaults (``FWD_BLOCK``, ``BWD_BLOCK``, ``NUM_WARPS``) are the first row.
 
-``--smoke`` runs one tiny shape per row on CPU tensors through Triton's interpreter (checks the script;
+``--smoke`` runs one tiny shape and dilation 1 per row on CPU tensors through Triton's interpreter (checks the script;
 its times mean nothing).
 
 Usage: ``python benchmarks/triton_blocks.py [--blocks 16x32 8x64 ...] [--warps 4 8] [--smoke]``
@@ -41,7 +41,14 @@ def _bench(fn, cuda: bool) -> float:  # noqa: ANN001
 
 
 def time_config(
-    batch: int, grid: int, dtype: torch.dtype, blocks: tuple[int, int], warps: int, device: str, width: int
+    batch: int,
+    grid: int,
+    dtype: torch.dtype,
+    blocks: tuple[int, int],
+    warps: int,
+    device: str,
+    width: int,
+    dilations: tuple[int, ...] = DILATIONS,
 ) -> tuple[float, float]:
     """Forward and backward ms, summed over the dilations."""
     g = torch.Generator(device="cpu").manual_seed(0)
@@ -55,7 +62,7 @@ def time_config(
     triton_filter.NUM_WARPS = warps
     fwd = bwd = 0.0
     cuda = device == "cuda"
-    for d in DILATIONS:
+    for d in dilations:
         s, _ = triton_filter.evidence_forward(fe, fr, w, ke, kr, d, K, blocks=blocks)  # compiles
         fwd += _bench(lambda d=d: triton_filter.evidence_forward(fe, fr, w, ke, kr, d, K, blocks=blocks), cuda)
         bwd += _bench(
@@ -86,8 +93,9 @@ def main() -> None:
         parsed.append((c, p))
     shapes = [(1, 8, 4)] if args.smoke else [(bs, img // 8, WIDTH) for bs, img in SHAPES]
     warps = args.warps[:1] if args.smoke else args.warps
+    dilations = (1,) if args.smoke else DILATIONS
     dev_name = torch.cuda.get_device_name() if device == "cuda" else "CPU (interpreter smoke)"
-    print(f"# {dev_name}, torch {torch.__version__}; k={K}, dilations {DILATIONS}, f_r != f_e; ms, sum over dilations")
+    print(f"# {dev_name}, torch {torch.__version__}; k={K}, dilations {dilations}, f_r != f_e; ms, sum over dilations")
     print("| batch | grid | width | dtype | block CxP | warps | fwd ms | bwd ms | fwd+bwd ms | |")
     print("|---:|---:|---:|---|---|---:|---:|---:|---:|---|")
     dtypes = {"float32": torch.float32, "bf16": torch.bfloat16}
@@ -97,7 +105,7 @@ def main() -> None:
             for blk in parsed:
                 for wp in warps:
                     try:
-                        f, b = time_config(batch, grid, dtypes[dname], blk, wp, device, width)
+                        f, b = time_config(batch, grid, dtypes[dname], blk, wp, device, width, dilations)
                     except Exception as e:  # noqa: BLE001 - a tile that does not compile is a result too
                         print(f"| {batch} | {grid} | {width} | {dname} | {blk[0]}x{blk[1]} | {wp} | failed: "
                               f"{type(e).__name__}: {str(e).splitlines()[0][:80]} | | | |", flush=True)  # fmt: skip

@@ -24,7 +24,29 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("VISTA_SHARED") or ROOT.parent / "shared")
 
 
+# The longest test files (Ray clusters, sweeps, DVC experiments: minutes each), longest first. Collected first,
+# so that pytest-xdist (`--dist loadfile --no-loadscope-reorder`, the README's test command) starts them
+# first and the short files fill the gaps: handed out last, one of them ended the run on one worker while
+# the other idled. The order of the tests inside a file is kept.
+LONG_FILES = (
+    "test_tune.py",
+    "test_cluster.py",
+    "data/test_dvc.py",
+    "test_study.py",
+    "test_train_ray.py",
+    "test_engine.py",
+    "test_benchmarks.py",
+    "test_cli.py",
+)
+
+
+def _file_rank(item: pytest.Item) -> int:
+    rel = item.path.relative_to(ROOT / "tests").as_posix()
+    return LONG_FILES.index(rel) if rel in LONG_FILES else len(LONG_FILES)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    items.sort(key=_file_rank)  # stable: files and tests otherwise in collection order
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
