@@ -44,7 +44,7 @@ from triton.runtime.jit import JITFunction
 # taps with tl.static_range instead of the loop in the kernels let the compiler hoist every tap's
 # loads: 255 registers and spills. Timed on an H100 (benchmarks/triton_blocks.py, docs/benchmarks.md):
 # 8 channels × 64 pixels was the fastest or within 7 % of it at both of issue 10's shapes and dtypes,
-# 1.25-1.6× faster than 16×32; 32-channel tiles were the slowest (fewer programs than the card has SMs × 4).
+# 1.25-1.6× faster than 16×32; tiles of 32 channels were the slowest.
 FWD_BLOCK = (8, 64)
 BWD_BLOCK = (8, 64)
 NUM_WARPS = 4
