@@ -282,7 +282,9 @@ def test_paper_preset_is_the_default() -> None:
 
 # -- the default model's attention has rank T (the structure is not degenerate) ---------------------
 
-RANK_TOL = 1e-8  # relative singular value counted as rank; float64 round-off sits near 1e-16
+# relative singular value counted as rank. float64 round-off sits near 1e-16; at initialisation the evidence
+# is small and a term's share can be ~1e-8 (1e-8 failed 1 seed in 30 for vista_mnv3), still far above round-off
+RANK_TOL = 1e-12
 
 
 def _neck_maps(model: torch.nn.Module, x: torch.Tensor):
