@@ -141,6 +141,42 @@ def test_gated_message_matches_autograd_formula_and_gradcheck(gate: bool) -> Non
     assert torch.autograd.gradcheck(lambda *x: gated_message(*x, gate_evidence=gate), (s, phi, v, m))
 
 
+def test_pairs_reading_one_feature_share_one_conv() -> None:
+    """The kernel-predicting convs of all pairs that read the same feature at one dilation run as one
+    conv (6 pairs over 3 features: 3 convs per dilation, not 12) and compute what each pair's own convs do,
+    values and gradients."""
+    from vista.models.attention import predict_kernels
+
+    class Convs(torch.utils._python_dispatch.TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+            Convs.n += func.overloadpacket == torch.ops.aten.convolution
+            return func(*args, **(kwargs or {}))
+
+    m = tiny(receivers=("c3", "c4")).double()
+    z = {n: torch.randn(2, 6, 8, 8, dtype=torch.float64, requires_grad=True) for n in ("c2", "c3", "c4")}
+    todo = [(getattr(m, name), z[s], z[r]) for name, s, r in m.pairs]
+    assert len(todo) == 6
+    for n in (1, 2, 3):
+        with Convs():
+            Convs.n = 0
+            merged = predict_kernels(todo, n)
+            assert Convs.n == 3
+        alone = [pair._kernels(n, f_e, f_r) for pair, f_e, f_r in todo]  # sender is receiver: one conv
+        for a, b in zip(merged, alone, strict=True):
+            for x, y in zip(a, b, strict=True):
+                torch.testing.assert_close(x, y)
+        weights = [torch.randn_like(x) for k in merged for x in k]
+        leaves = [*z.values(), *m.parameters()]
+        g_merged = torch.autograd.grad([x for k in merged for x in k], leaves, weights, allow_unused=True)
+        g_alone = torch.autograd.grad([x for k in alone for x in k], leaves, weights, allow_unused=True)
+        for x, y in zip(g_merged, g_alone, strict=True):
+            assert (x is None) == (y is None)
+            if x is not None:
+                torch.testing.assert_close(x, y)
+
+
 @pytest.mark.parametrize("preset", ["paper", "official"])
 def test_module_with_unfold_oracle_gives_same_output(preset: str) -> None:
     m = tiny(preset, channel_init="learned").double().eval()

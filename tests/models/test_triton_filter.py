@@ -113,6 +113,42 @@ def test_triton_interpreter_gradcheck(same: bool, d: int, k: int, shape: tuple[i
     assert _launches("fwd", "interpreter") > fwd
 
 
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_kernels_sliced_from_one_conv_output_are_read_in_place(backend: str) -> None:
+    """The model slices W, Kᵉ, Kʳ out of one conv output (channel slices: each sample's k²×h×w block is
+    contiguous, the batch stride is not k²·h·w): the op reads them where they are, with no copy, and
+    computes the oracle's values and gradients; a kernel in another layout (channels_last) is copied."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Copies(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+            self.n += func.overloadpacket in (torch.ops.aten.clone, torch.ops.aten.copy_, torch.ops.aten._to_copy)
+            return func(*args, **(kwargs or {}))
+
+    b, c, h, w, k, d = 2, 5, 4, 6, 3, 2
+    g = torch.Generator().manual_seed(3)
+    f_e, f_r = (torch.randn(b, c, h, w, generator=g, dtype=torch.float64).requires_grad_() for _ in range(2))
+    big = torch.randn(b, 4 * k * k, h, w, generator=g, dtype=torch.float64).requires_grad_()
+    kernels = list(big.split(k * k, dim=1)[1:])  # three slices at batch stride 4k²·h·w
+    assert not kernels[0].is_contiguous() and kernels[0][0].is_contiguous()
+    fn = functools.partial(message_evidence, backend=backend)
+    fwd = _launches("fwd", "interpreter")
+    with Copies() as copies:
+        fn(f_e, f_r, *kernels, d, k)
+    assert copies.n == 0
+    assert _launches("fwd", "interpreter") == fwd + (backend == "triton")
+    _compare(f_e, f_r, kernels, d, k, fn)
+    strided = kernels[0].detach().to(memory_format=torch.channels_last).requires_grad_()
+    with Copies() as copies:
+        fn(f_e, f_r, strided, *kernels[1:], d, k)
+    assert copies.n == 1
+    _compare(f_e, f_r, [strided, *kernels[1:]], d, k, fn)
+
+
 def test_triton_path_passes_opcheck() -> None:
     """The fake kernels describe the Triton outputs (shapes, strides, dtypes) as they are."""
     f_e, f_r, kernels = _inputs(2, 3, 4, 5, 3, False, torch.float32)

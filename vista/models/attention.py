@@ -310,6 +310,8 @@ class AttentionGatedMessage(nn.Module):
             self.add_module(f"kernel_se_{i}", nn.Conv2d(c, k * k, k, dilation=d, padding=pad))
             self.add_module(f"kernel_sr_{i}", nn.Conv2d(c, k * k, k, dilation=d, padding=pad))
         self.combination_msgs = nn.Sequential(nn.Conv2d(len(cfg.dilations) * c, c, 1), nn.ReLU(inplace=True))
+        # the bias of the receiver half of W's conv (W's own bias goes with the sender half); not saved
+        self.register_buffer("zero_bias", torch.zeros(k * k), persistent=False)
         n_dil = len(cfg.dilations)
         if cfg.rank > 0 and cfg.channel_init == "learned":
             # N(0, 1) logits, as the official code's draws: distinct starts for the T terms
@@ -371,36 +373,46 @@ class AttentionGatedMessage(nn.Module):
             return AttentionMaps(phi, None, None)  # unstructured: the evidence itself gates
         return AttentionMaps(structured_tensor(*vm, phi if self.cfg.gate_evidence else None), *vm)
 
-    def _kernels(self, n: int, sender: Tensor, receiver: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """W = conv(cat(f_e, f_r)), K^e = conv(f_e), K^r = conv(f_r) for dilation number ``n``.
+    def conv_pieces(self, n: int) -> dict[str, tuple[list[Tensor], list[Tensor]]]:
+        """The convolutions that predict the kernels of dilation number ``n`` (1-based), by the feature
+        they read: ``{"e": (weights, biases), "r": (weights, biases)}``, each list ``[W part, K part]``,
+        ``k²`` output channels each (``K`` = ``K^e`` on the sender, ``K^r`` on the receiver).
 
-        The 2C-input conv is split into its sender and receiver halves and merged with the evidence
-        convs of the same input: the same function, two convs instead of three, and no concatenated
-        (B, 2C, h, w) tensor kept for backward.
+        The 2C-input conv ``W = conv(cat(f_e, f_r))`` is split into its sender and receiver halves, each
+        joining the evidence conv that reads the same feature (no concatenated (B, 2C, h, w) tensor; see
+        :func:`predict_kernels`). ``W``'s bias goes with the sender half.
         """
         pred: nn.Conv2d = getattr(self, f"kernel_prediction_{n}")
         conv_e: nn.Conv2d = getattr(self, f"kernel_se_{n}")
         conv_r: nn.Conv2d = getattr(self, f"kernel_sr_{n}")
-        c, k2 = sender.shape[1], pred.out_channels
-        opts = {"padding": pred.padding, "dilation": pred.dilation}
-        out_e = F.conv2d(
-            sender, torch.cat([pred.weight[:, :c], conv_e.weight]), torch.cat([pred.bias, conv_e.bias]), **opts
-        )
-        out_r = F.conv2d(receiver, torch.cat([pred.weight[:, c:], conv_r.weight]), None, **opts)
-        w = out_e[:, :k2] + out_r[:, :k2]  # (B, k², h, w), sender channels first as in the official code
-        k_r = out_r[:, k2:] + conv_r.bias.view(1, -1, 1, 1)
-        return w, out_e[:, k2:], k_r
+        w_e, w_r = pred.weight.split(pred.in_channels // 2, dim=1)  # one split: its backward is one cat
+        return {
+            "e": ([w_e, conv_e.weight], [pred.bias, conv_e.bias]),
+            "r": ([w_r, conv_r.weight], [self.zero_bias, conv_r.bias]),
+        }
 
-    def forward(self, receiver: Tensor, sender: Tensor, maps: list[AttentionMaps] | None = None) -> Tensor:
+    def _kernels(self, n: int, sender: Tensor, receiver: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(W, K^e, K^r)``, each (B, k², h, w), of dilation number ``n`` for this pair alone."""
+        return predict_kernels([(self, sender, receiver)], n)[0]
+
+    def forward(
+        self,
+        receiver: Tensor,
+        sender: Tensor,
+        maps: list[AttentionMaps] | None = None,
+        kernels: Sequence[tuple[Tensor, Tensor, Tensor]] | None = None,
+    ) -> Tensor:
         """Fused message ``(B, C, h, w)`` from ``sender`` to ``receiver`` (both ``(B, C, h, w)``).
 
         Args:
             maps: if given, the attention of each dilation is appended to it.
+            kernels: ``(W, K^e, K^r)`` of each dilation when already predicted (by
+                :func:`predict_kernels` for several pairs at once); computed here otherwise.
         """
         cfg = self.cfg
         messages = []
         for i in range(len(cfg.dilations)):
-            w, k_e, k_r = self._kernels(i + 1, sender, receiver)  # each (B, k², h, w)
+            w, k_e, k_r = kernels[i] if kernels is not None else self._kernels(i + 1, sender, receiver)
             s, phi = self.evidence(sender, receiver, w, k_e, k_r, cfg.dilations[i], cfg.kernel_size)
             vm = self.infer(i, phi)
             if vm is None:
@@ -412,6 +424,36 @@ class AttentionGatedMessage(nn.Module):
                     a = phi if vm is None else structured_tensor(*vm, phi if cfg.gate_evidence else None)
                 maps.append(AttentionMaps(a, *(vm or (None, None))))
         return self.combination_msgs(torch.cat(messages, dim=1))
+
+
+def predict_kernels(
+    pairs: Sequence[tuple[AttentionGatedMessage, Tensor, Tensor]], n: int
+) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """``(W, K^e, K^r)`` of dilation number ``n`` (1-based) for each ``(pair module, sender, receiver)``.
+
+    Every kernel-predicting conv reads one feature (:meth:`AttentionGatedMessage.conv_pieces`); the convs
+    of all pairs that read the same tensor run as one conv with all their output channels (the official
+    preset's three pairs share the receiver c4, which is also a sender: 6 convs per dilation become 3,
+    each input read once), and its output is split in one op. Same function as one conv per piece.
+    """
+    k2 = pairs[0][0].cfg.kernel_size ** 2
+    pred: nn.Conv2d = getattr(pairs[0][0], f"kernel_prediction_{n}")
+    groups: dict[int, tuple[Tensor, list[Tensor], list[Tensor]]] = {}  # id(input) -> (input, weights, biases)
+    slots = []  # per pair: (group, index of its W piece) of the sender's and the receiver's conv
+    for module, sender, receiver in pairs:
+        pieces = module.conv_pieces(n)
+        slot = []
+        for role, x in (("e", sender), ("r", receiver)):
+            _, weights, biases = groups.setdefault(id(x), (x, [], []))
+            slot.append((id(x), len(weights)))
+            weights += pieces[role][0]
+            biases += pieces[role][1]
+        slots.append(slot)
+    outs = {
+        key: F.conv2d(x, torch.cat(ws), torch.cat(bs), padding=pred.padding, dilation=pred.dilation).split(k2, 1)
+        for key, (x, ws, bs) in groups.items()
+    }
+    return [(outs[ge][ie] + outs[gr][ir], outs[ge][ie + 1], outs[gr][ir + 1]) for (ge, ie), (gr, ir) in slots]
 
 
 class StructuredAttention(nn.Module):
@@ -490,9 +532,15 @@ class StructuredAttention(nn.Module):
         for _ in range(cfg.mf_iters):
             messages = {r: [] for r in cfg.receivers}
             maps = {}
+            kernels: dict[str, list[tuple[Tensor, Tensor, Tensor]]] = {name: [] for name, _, _ in self.pairs}
+            for n in range(1, len(cfg.dilations) + 1):
+                todo = [(getattr(self, name), z[s], z[r]) for name, s, r in self.pairs]
+                for (name, _, _), k in zip(self.pairs, predict_kernels(todo, n), strict=True):
+                    kernels[name].append(k)
             for name, s, r in self.pairs:
                 maps[name] = []
-                messages[r].append(getattr(self, name)(z[r], z[s], maps[name] if return_maps else None))
+                pair = getattr(self, name)
+                messages[r].append(pair(z[r], z[s], maps[name] if return_maps else None, kernels[name]))
             if cfg.fusion == "residual":
                 # synchronous update: every pair of this round saw the previous round's states
                 z = {**z, **{r: f[r] + torch.stack(messages[r]).sum(0) for r in cfg.receivers}}

@@ -246,6 +246,12 @@ def _backward(ctx, g_s: Tensor, g_phi: Tensor) -> tuple[Tensor | None, ...]:  # 
 _message_evidence_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+def _per_sample_contiguous(k: Tensor) -> Tensor:
+    """``k`` (B, k², h, w) itself when each sample's k²×h×w block is contiguous (a channel slice of one
+    conv's output, as the model's kernels are: no copy), else a contiguous copy."""
+    return k if k.shape[0] == 0 or k[0].is_contiguous() else k.contiguous()
+
+
 def message_evidence(
     f_e: Tensor,
     f_r: Tensor,
@@ -261,7 +267,8 @@ def message_evidence(
 
     Args:
         f_e, f_r: sender and receiver ``(B, C, h, w)`` (may be the same tensor).
-        w, k_e, k_r: per-pixel kernels ``(B, k², h, w)``.
+        w, k_e, k_r: per-pixel kernels ``(B, k², h, w)`` (channel slices of a larger conv output are
+            used in place).
         dilation, kernel_size: spacing d and size k of the kernel taps.
         backend: ``auto`` (Triton on CUDA when triton imports, shifted products otherwise), ``torch``
             (shifted products) or ``triton`` (fused kernels; on CPU tensors in Triton's interpreter).
@@ -272,6 +279,7 @@ def message_evidence(
     """
     dtype = functools.reduce(torch.promote_types, (t.dtype for t in (f_e, f_r, w, k_e, k_r)))
     same = f_r is f_e  # the sender's neighbours serve all three filters; one input gradient
-    f_e, w, k_e, k_r = (t.to(dtype).contiguous() for t in (f_e, w, k_e, k_r))
+    f_e = f_e.to(dtype).contiguous()
+    w, k_e, k_r = (_per_sample_contiguous(t.to(dtype)) for t in (w, k_e, k_r))
     f_r_arg = None if same else f_r.to(dtype).contiguous()
     return _message_evidence_op(f_e, f_r_arg, w, k_e, k_r, int(dilation), int(kernel_size), backend)

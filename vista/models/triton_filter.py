@@ -67,6 +67,9 @@ def _evidence_fwd(
     H,
     W,
     DIL,
+    SB_W,
+    SB_KE,
+    SB_KR,
     K: tl.constexpr,
     SAME: tl.constexpr,
     ACC: tl.constexpr,
@@ -84,7 +87,10 @@ def _evidence_fwd(
     y = p // W
     x = p % W
     feat = b * C * hw + c[:, None].to(tl.int64) * hw  # (C, 1) offset of each channel plane
-    kern = b * (K * K) * hw  # offset of this sample's k² kernel planes
+    # this sample's k² kernel planes (a kernel tensor may be a channel slice: its own batch stride)
+    kw = w + b * SB_W
+    kke = ke + b * SB_KE
+    kkr = kr + b * SB_KR
     s = tl.full((BLOCK_C, BLOCK_P), 0.0, dtype=ACC)
     e = tl.full((BLOCK_C, BLOCK_P), 0.0, dtype=ACC)
     for j in range(K * K):
@@ -94,9 +100,9 @@ def _evidence_fwd(
         m = c_ok[:, None] & ok[None, :]
         q = feat + (ny * W + nx)[None, :]
         xe = tl.load(fe + q, mask=m, other=0.0).to(ACC)  # (C, P) neighbours of the sender
-        wj = tl.load(w + kern + j * hw + p, mask=p_ok, other=0.0).to(ACC)[None, :]  # (1, P)
-        kej = tl.load(ke + kern + j * hw + p, mask=p_ok, other=0.0).to(ACC)[None, :]
-        krj = tl.load(kr + kern + j * hw + p, mask=p_ok, other=0.0).to(ACC)[None, :]
+        wj = tl.load(kw + j * hw + p, mask=p_ok, other=0.0).to(ACC)[None, :]  # (1, P)
+        kej = tl.load(kke + j * hw + p, mask=p_ok, other=0.0).to(ACC)[None, :]
+        krj = tl.load(kkr + j * hw + p, mask=p_ok, other=0.0).to(ACC)[None, :]
         s += wj * xe
         if SAME:
             e += (kej + krj) * xe
@@ -129,6 +135,9 @@ def _evidence_bwd(
     H,
     W,
     DIL,
+    SB_W,
+    SB_KE,
+    SB_KR,
     K: tl.constexpr,
     SAME: tl.constexpr,
     ACC: tl.constexpr,
@@ -146,7 +155,9 @@ def _evidence_bwd(
     y = p // W
     x = p % W
     feat = b * C * hw + c[:, None].to(tl.int64) * hw
-    kern = b * (K * K) * hw
+    kw = w + b * SB_W
+    kke = ke + b * SB_KE
+    kkr = kr + b * SB_KR
     # partial kernel gradients of this channel block: g_w[pid_c, b, j, i] (likewise g_ke, g_kr)
     part = (pid_c.to(tl.int64) * B + b) * (K * K) * hw + p
     m0 = c_ok[:, None] & p_ok[None, :]
@@ -180,9 +191,9 @@ def _evidence_bwd(
         q = feat + r[None, :]
         gp = tl.load(g_phi + q, mask=m, other=0.0).to(ACC)
         gt = tl.load(g_s + q, mask=m, other=0.0).to(ACC) + gp * tl.load(fr + q, mask=m, other=0.0).to(ACC)
-        wj = tl.load(w + kern + j * hw + r, mask=ok, other=0.0).to(ACC)[None, :]
-        kej = tl.load(ke + kern + j * hw + r, mask=ok, other=0.0).to(ACC)[None, :]
-        krj = tl.load(kr + kern + j * hw + r, mask=ok, other=0.0).to(ACC)[None, :]
+        wj = tl.load(kw + j * hw + r, mask=ok, other=0.0).to(ACC)[None, :]
+        kej = tl.load(kke + j * hw + r, mask=ok, other=0.0).to(ACC)[None, :]
+        krj = tl.load(kkr + j * hw + r, mask=ok, other=0.0).to(ACC)[None, :]
         if SAME:
             acc_e += wj * gt + (kej + krj) * gp
         else:
@@ -202,7 +213,7 @@ def _kernel(name: str, interpret: bool):
         return InterpretedFunction(fn)
     # sizes and the dilation as plain runtime integers: one compiled kernel per (dtype, k, f_r = f_e),
     # not one per divisibility class of every size (the gathers are masked anyway)
-    sizes = ["C", "H", "W", "DIL"] + (["B"] if name == "bwd" else [])
+    sizes = ["C", "H", "W", "DIL", "SB_W", "SB_KE", "SB_KR"] + (["B"] if name == "bwd" else [])
     return JITFunction(fn, do_not_specialize=sizes)
 
 
@@ -224,6 +235,15 @@ def _launch(name: str, ref: Tensor, grid: tuple[int, ...], *args, **meta) -> Non
         _kernel(name, mode == "interpreter")[grid](*args, **meta)
 
 
+def _batch_strides(*kernels: Tensor) -> list[int]:
+    """The batch stride of each per-pixel kernel tensor (B, k², h, w); its k² planes must be contiguous
+    (a channel slice of a conv's output is: the kernels of several pairs come from one conv)."""
+    for k in kernels:
+        if k.shape[0] and not k[0].is_contiguous():
+            raise ValueError(f"per-pixel kernels {tuple(k.shape)} need contiguous k²×h×w blocks; strides {k.stride()}")
+    return [k.stride(0) for k in kernels]
+
+
 def _grid(f: Tensor, block_c: int, block_p: int) -> tuple[int, int, int]:
     b, c, h, w = f.shape
     return triton.cdiv(h * w, block_p), triton.cdiv(c, block_c), b
@@ -239,7 +259,8 @@ def evidence_forward(
     kernel_size: int,
     blocks: tuple[int, int] | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """``(S, Φ)`` for contiguous inputs of one dtype; ``f_r=None``: the receiver is the sender.
+    """``(S, Φ)`` for inputs of one dtype: features contiguous, kernels with contiguous k²×h×w blocks (any
+    batch stride); ``f_r=None``: the receiver is the sender.
     ``blocks``: (channels, pixels) per program, powers of two; default ``FWD_BLOCK``."""
     blocks = blocks or FWD_BLOCK
     b, c, h, wd = f_e.shape
@@ -248,8 +269,8 @@ def evidence_forward(
     same = f_r is None
     _launch(
         "fwd", f_e, _grid(f_e, *blocks),
-        f_e, f_e if same else f_r, w, k_e, k_r, s, phi, c, h, wd,
-        DIL=dilation, K=kernel_size, SAME=same, ACC=_acc(f_e.dtype), BLOCK_C=blocks[0], BLOCK_P=blocks[1],
+        f_e, f_e if same else f_r, w, k_e, k_r, s, phi, c, h, wd, dilation, *_batch_strides(w, k_e, k_r),
+        K=kernel_size, SAME=same, ACC=_acc(f_e.dtype), BLOCK_C=blocks[0], BLOCK_P=blocks[1],
         num_warps=NUM_WARPS,
     )  # fmt: skip
     return s, phi
@@ -269,7 +290,8 @@ def evidence_backward(
     blocks: tuple[int, int] | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor]:
     """Gradients ``(g_fe, g_fr, g_K)``, ``g_K`` the kernels' ``(g_W, g_Kᵉ, g_Kʳ)`` stacked, (3, B, k², h, w);
-    ``g_fr`` is ``None`` (folded into ``g_fe``) when ``f_r`` is ``None``. Inputs contiguous, of one dtype;
+    ``g_fr`` is ``None`` (folded into ``g_fe``) when ``f_r`` is ``None``. Inputs of one dtype, laid out as
+    :func:`evidence_forward`'s;
     ``blocks``: default ``BWD_BLOCK``."""
     blocks = blocks or BWD_BLOCK
     bsz, c, h, wd = f_e.shape
@@ -284,8 +306,8 @@ def evidence_backward(
     _launch(
         "bwd", f_e, grid,
         g_s, g_phi, f_e, f_e if same else f_r, w, k_e, k_r, s, g_fe, g_fe if same else g_fr, *parts.unbind(0),
-        bsz, c, h, wd,
-        DIL=dilation, K=kernel_size, SAME=same, ACC=_acc(f_e.dtype), BLOCK_C=blocks[0], BLOCK_P=blocks[1],
+        bsz, c, h, wd, dilation, *_batch_strides(w, k_e, k_r),
+        K=kernel_size, SAME=same, ACC=_acc(f_e.dtype), BLOCK_C=blocks[0], BLOCK_P=blocks[1],
         num_warps=NUM_WARPS,
     )  # fmt: skip
     return g_fe, g_fr, parts.sum(1).to(w.dtype)  # one reduction over the channel blocks
