@@ -141,6 +141,23 @@ def test_gated_message_matches_autograd_formula_and_gradcheck(gate: bool) -> Non
     assert torch.autograd.gradcheck(lambda *x: gated_message(*x, gate_evidence=gate), (s, phi, v, m))
 
 
+def test_gated_message_stays_in_the_features_dtype_under_autocast() -> None:
+    """Under bf16 autocast v comes out of softmax in float32; the (B, C, h, w) message and its gradients
+    stay in the features' bf16 instead of being lifted to float32, and match the float32 formula."""
+    g = torch.Generator().manual_seed(0)
+    s, phi, m = (torch.rand(2, 4, 3, 5, generator=g) for _ in range(3))
+    m = m[:, :2]
+    v = torch.softmax(torch.randn(2, 2, 4, generator=g), -1)
+    leaves = [s.bfloat16(), phi.bfloat16(), v, m.bfloat16()]
+    leaves = [t.requires_grad_() for t in leaves]
+    out = gated_message(*leaves, gate_evidence=True)
+    assert out.dtype == torch.bfloat16
+    ref = (torch.einsum("btc,bthw->bchw", v, m) * phi * s).double()
+    torch.testing.assert_close(out.double(), ref, rtol=3e-2, atol=1e-3)
+    out.float().sum().backward()
+    assert [t.grad.dtype for t in leaves] == [torch.bfloat16, torch.bfloat16, torch.float32, torch.bfloat16]
+
+
 def test_pairs_reading_one_feature_share_one_conv() -> None:
     """The kernel-predicting convs of all pairs that read the same feature at one dilation run as one
     conv (6 pairs over 3 features: 3 convs per dilation, not 12) and compute what each pair's own convs do,
