@@ -11,7 +11,7 @@ at init and per epoch, checkpoints) is printed beside it. CPU threads are shared
 all cores, 1 Ray worker gets all cores (``resources_per_worker.CPU``), 2 workers get half each (Ray sets
 each worker's OMP threads to its CPUs). The bare loop runs first and last to show drift.
 
-Usage: ``python benchmarks/train.py [--epochs 3] [--set key=value ...] [--profile NAME]``
+Usage: ``python benchmarks/train.py [--epochs 3] [--set key=value ...] [--profile NAME] [--bare-only]``
 (defaults: params.yaml, i.e. vista_r18 on the synthetic shards; missing shards are prepared first).
 """
 
@@ -85,6 +85,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="params override key=value")
     ap.add_argument("--profile", default=None)
+    ap.add_argument("--bare-only", action="store_true", help="the plain loop only, twice (before/after comparisons)")
     args = ap.parse_args()
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -113,16 +114,19 @@ def main() -> None:
     )
     rows: list[tuple[str, float, float]] = []
     rows.append(("bare (1 process)", *bare(params, shards, args.epochs)))
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, _temp_dir=f"/tmp/vb{os.getpid()}")
-    with tempfile.TemporaryDirectory() as storage:
-        for workers in (1, 2):
-            rows.append((f"ray train x{workers}", *ray_path(params, workers, cpus, args.epochs, storage)))
-    ray.shutdown()
+    if not args.bare_only:
+        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, _temp_dir=f"/tmp/vb{os.getpid()}")
+        with tempfile.TemporaryDirectory() as storage:
+            for workers in (1, 2):
+                rows.append((f"ray train x{workers}", *ray_path(params, workers, cpus, args.epochs, storage)))
+        ray.shutdown()
     rows.append(("bare again", *bare(params, shards, args.epochs)))
 
     print(f"{'path':<20}{'samples/s':>12}{'wall s':>10}")
     for name, speed, wall in rows:
         print(f"{name:<20}{speed:>12.2f}{wall:>10.1f}")
+    if args.bare_only:
+        return
     base = (rows[0][1] + rows[-1][1]) / 2
     print(f"ray x1 / bare: {rows[1][1] / base:.2f}x   (target >= 0.9x)")
     print(f"ray x2 / bare: {rows[2][1] / base:.2f}x")
