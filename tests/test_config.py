@@ -43,12 +43,14 @@ def test_overrides_are_typed_and_applied_after_the_profile() -> None:
             "train.lr=1e-3",
             "model.attention.dilations=[1, 2, 4]",
             "model.attention.rank=0",
+            "model.attention.draws_on=device",
             "model.tasks=[seg]",
         ],
         profile="smoke",
     )
     assert p.train.epochs == 3 and p.train.lr == 1e-3
     assert p.model.attention.dilations == (1, 2, 4) and p.model.attention.rank == 0
+    assert p.model.attention.overrides()["draws_on"] == "device"
     assert p.model.tasks == ("seg",)
 
 
@@ -59,6 +61,7 @@ def test_overrides_are_typed_and_applied_after_the_profile() -> None:
         ("train.epochs=zero", r"train\.epochs='zero'"),
         ("train.epochs=0", r"train\.epochs=0: Input should be greater than or equal to 1"),
         ("model.attention.rank=-1", r"model\.attention\.rank=-1"),
+        ("model.attention.draws_on=gpu", r"model\.attention\.draws_on='gpu'"),
         ("model.tasks=[depth, depth]", r"model\.tasks=\['depth', 'depth'\]"),
         ("model.output_stride=12", r"model\.output_stride=12"),
         ("train.epochs", r"expected key=value"),

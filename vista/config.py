@@ -53,6 +53,7 @@ class AttentionParams(_Strict):
     mf_iters: int | None = Field(None, ge=1)
     channel_init: Literal["uniform", "learned", "random"] | None = None
     eval_draws: Literal["fixed", "fresh"] | None = None
+    draws_on: Literal["cpu", "device"] | None = None
     channel_prior: bool | None = None
     sample_channels: bool | None = None
     dilations: tuple[int, ...] | None = None

@@ -60,6 +60,8 @@ def test_bad_config_names_the_key() -> None:
         tiny(kernel_size=4)
     with pytest.raises(ValueError, match=r"attention\.senders=\('c9',\)"):
         tiny(senders=("c9",))
+    with pytest.raises(ValueError, match=r"attention\.draws_on='gpu': choose cpu or device"):
+        tiny(draws_on="gpu")
     with pytest.raises(ValueError, match="unknown option.*'ranks'"):
         tiny(ranks=3)
     with pytest.raises(ValueError, match="preset 'paperr'"):
@@ -410,10 +412,15 @@ def test_eval_is_bit_identical_for_every_init_outside_official(init: str, sample
     torch.testing.assert_close(m([f[:1] for f in x]), a[:1])
 
 
-def test_random_init_draws_fresh_vectors_in_training() -> None:
-    m = tiny(channel_init="random").train()
+@pytest.mark.parametrize("draws_on", ["cpu", "device"])
+def test_random_init_draws_fresh_vectors_in_training(draws_on: str) -> None:
+    m = tiny(channel_init="random", draws_on=draws_on).train()
     x = feats()
     assert not torch.equal(m(x), m(x))
+    torch.manual_seed(5)
+    first = m(x)
+    torch.manual_seed(5)
+    assert torch.equal(first, m(x))  # from the global generator of the features' device: seeded, reproducible
 
 
 def test_official_preset_keeps_fresh_random_draws_in_eval() -> None:
@@ -447,20 +454,24 @@ def test_bf16_autocast_forward_backward_cuda() -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("preset", ["official", "paper"])
-def test_a_training_step_does_not_synchronise_with_the_gpu(preset: str) -> None:
-    """The random channel vectors are copied from pinned memory and the Triton op launches without a sync:
-    the CPU queues a whole forward+backward ahead of the GPU (small batches are launch-bound otherwise)."""
+@pytest.mark.parametrize(("preset", "kw"), [("official", {}), ("official", {"draws_on": "device"}), ("paper", {})])
+def test_a_training_step_does_not_synchronise_with_the_gpu(preset: str, kw: dict) -> None:
+    """The random channel vectors are copied from pinned memory (or drawn on the GPU) and the Triton op
+    launches without a sync: the CPU queues a whole forward+backward ahead of the GPU (small batches are
+    launch-bound otherwise)."""
     torch.manual_seed(0)
-    m = tiny(preset).cuda().train()
+    m = tiny(preset, **kw).cuda().train()
     x = feats(device="cuda")
     m(x).square().mean().backward()  # warm-up: Triton compiles, cuDNN picks algorithms
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
+    cpu_rng = torch.get_rng_state()
     try:
         m(x).square().mean().backward()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+    # device draws leave the CPU generator alone (the official preset's default draws from it)
+    assert torch.equal(torch.get_rng_state(), cpu_rng) == (kw.get("draws_on") == "device" or preset == "paper")
 
 
 def test_bf16_autocast_forward_backward_cpu() -> None:

@@ -32,6 +32,7 @@ from .filtering import message_evidence, pixel_adaptive_filter  # noqa: F401  (p
 ChannelInit = Literal["uniform", "learned", "random"]
 Fusion = Literal["residual", "official"]
 EvalDraws = Literal["fixed", "fresh"]
+DrawsOn = Literal["cpu", "device"]
 
 # (f_e, f_r, W, K^e, K^r, dilation, kernel_size) -> (S, Φ)
 EvidenceFn = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, int, int], tuple[Tensor, Tensor]]
@@ -55,6 +56,11 @@ class AttentionConfig:
             seeded per pair and dilation, so eval is bit-identical across calls) or ``fresh`` (the
             global CPU generator, a new draw every call, as the official code; ``official`` preset).
             Training always draws fresh vectors.
+        draws_on: the generator of fresh ``random`` draws: ``cpu`` (the global CPU generator, then a copy
+            to the features' device: the same numbers on every device, so the official preset reproduces
+            the official outputs on a GPU) or ``device`` (the features' device generator: no host copy,
+            so a CUDA graph can capture the step, e.g. ``torch.compile(mode="reduce-overhead")``; other
+            numbers than on the CPU). ``fixed`` eval draws always come from their seeded CPU generator.
         sample_channels: in training, add reparameterised noise ``σ·ε`` (σ learned) to the v-logits;
             in eval the mean is used, so eval stays deterministic.
         dilations: dilation of each message kernel.
@@ -82,6 +88,7 @@ class AttentionConfig:
     mf_iters: int = 1
     channel_init: ChannelInit = "uniform"
     eval_draws: EvalDraws = "fixed"
+    draws_on: DrawsOn = "cpu"
     sample_channels: bool = False
     dilations: tuple[int, ...] = (1, 4, 8)
     kernel_size: int = 3
@@ -121,6 +128,8 @@ class AttentionConfig:
             raise bad("channel_init", self.channel_init, "choose uniform, learned or random")
         if self.eval_draws not in ("fixed", "fresh"):
             raise bad("eval_draws", self.eval_draws, "choose fixed or fresh")
+        if self.draws_on not in ("cpu", "device"):
+            raise bad("draws_on", self.draws_on, "choose cpu or device")
         if not self.dilations or any(d < 1 for d in self.dilations):
             raise bad("dilations", self.dilations, "need at least one dilation, each >= 1")
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
@@ -328,13 +337,16 @@ class AttentionGatedMessage(nn.Module):
         if self.cfg.channel_init == "learned":
             return self.channel_logits[i].unsqueeze(0).expand(b, t, c)
         if self.cfg.channel_init == "random":
-            # drawn on a CPU generator, so outputs do not depend on the device. Eval with fixed draws:
-            # T vectors from a generator seeded by (pair, dilation), shared by every sample, the same at
-            # every call and for any batch. Otherwise the global generator, one (B, C) draw per term in
-            # the official code's order (so the official preset reproduces its outputs).
+            # Eval with fixed draws: T vectors from a CPU generator seeded by (pair, dilation), shared by
+            # every sample, the same at every call, for any batch and device. Otherwise fresh draws: from
+            # the features' device generator (draws_on="device"), or from the global CPU generator, one
+            # (B, C) draw per term in the official code's order (outputs do not depend on the device, and
+            # the official preset reproduces the official outputs).
             if not self.training and self.cfg.eval_draws == "fixed":
                 gen = torch.Generator().manual_seed(1_000_003 * (self.seed + 1) + i)
                 draws = torch.randn(1, t, c, generator=gen).expand(b, t, c)
+            elif self.cfg.draws_on == "device":
+                return torch.randn(b, t, c, device=phi.device, dtype=phi.dtype)
             else:
                 draws = torch.stack([torch.randn(b, c) for _ in range(t)], dim=1)
             draws = draws.to(phi.dtype)
