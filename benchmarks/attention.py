@@ -12,7 +12,9 @@ batch 2 at 256² and batch 8 at 480², float32 and bf16 (autocast), and checks f
 
 ``--compile`` adds each non-unfold variant under ``torch.compile`` (``fused+compile``, ...): the op is
 opaque to inductor, which fuses the module's many small ops around it (mean-field, gating, slicing),
-the launch-bound part at batch 2.
+the launch-bound part at batch 2. ``--compile-mode reduce-overhead`` replays them as CUDA graphs (one
+launch per graph); with the official preset it needs ``--draws-on device``: a graph cannot replay draws
+made on the CPU and copied over.
 
 Times are medians of ``--iters`` forward+backward steps, the variants interleaved in one process (the
 first round warms up, compiling the Triton kernels). Memory, with parameter gradients already
@@ -26,7 +28,8 @@ allocated (a training step in steady state):
 - both: the activations saved for backward (unique storages, parameters and inputs excluded).
 
 Usage: ``python benchmarks/attention.py [--device cpu|cuda] [--batch 2] [--image 256] [--dtype float32 bf16]
-[--variants fused shifted unfold] [--compile] [--iters 5] [--target] [--tf32] [--cudnn-benchmark] [--profile]``
+[--variants fused shifted unfold] [--compile] [--compile-mode MODE] [--draws-on cpu|device] [--iters 5] [--target]
+[--tf32] [--cudnn-benchmark] [--profile] [--count-ops]``
 """
 
 from __future__ import annotations
@@ -73,16 +76,16 @@ def _evidence_fn(variant: str):  # noqa: ANN202
     return functools.partial(message_evidence, backend=backend)
 
 
-def _module(m: torch.nn.Module, variant: str) -> torch.nn.Module:
+def _module(m: torch.nn.Module, variant: str, mode: str = "default") -> torch.nn.Module:
     """The module with the variant's evidence; ``+compile``: under torch.compile (the op is opaque to it,
-    everything around it is fused by inductor)."""
+    everything around it is fused by inductor), ``mode`` its mode (``reduce-overhead``: CUDA graphs)."""
     m.set_evidence_fn(_evidence_fn(variant))
     if not variant.endswith("+compile"):
         return m
     import torch._inductor.config
 
     torch._inductor.config.fallback_random = True  # the official preset's random draws as in eager
-    return torch.compile(m)
+    return torch.compile(m, mode=mode)
 
 
 def _setup(args: argparse.Namespace, batch: int, image: int) -> tuple[torch.nn.Module, list[torch.Tensor]]:
@@ -90,7 +93,8 @@ def _setup(args: argparse.Namespace, batch: int, image: int) -> tuple[torch.nn.M
 
     dev = torch.device(args.device)
     torch.manual_seed(0)
-    m = create_attention(args.preset, in_channels=(512, 1024, 2048), width=args.width).to(dev).train()
+    m = create_attention(args.preset, in_channels=(512, 1024, 2048), width=args.width, draws_on=args.draws_on)
+    m = m.to(dev).train()
     s = image // 8
     g = torch.Generator().manual_seed(1)
     feats = [torch.randn(batch, c, s >> i, s >> i, generator=g).to(dev) for i, c in enumerate((512, 1024, 2048))]
@@ -107,14 +111,14 @@ def _step(m: torch.nn.Module, feats: list[torch.Tensor], dtype: str) -> torch.Te
     with autocast:
         out = m(feats)
     out.float().square().mean().backward()
-    return out.detach().float()
+    return out.detach().float().clone()  # a copy: a CUDA-graph replay overwrites its outputs
 
 
 def measure(args: argparse.Namespace, variant: str, batch: int, image: int, dtype: str) -> tuple[dict, torch.Tensor]:
     """Peak memory and activations saved for backward of one fwd+bwd step, and the module's output."""
     m, feats = _setup(args, batch, image)
     params = list(m.parameters())
-    m = _module(m, variant)
+    m = _module(m, variant, args.compile_mode)
     _step(m, feats, dtype)  # warm-up: Triton compiles (or loads from its cache), cuDNN picks algorithms
     _step(m, feats, dtype)
     cuda = feats[0].device.type == "cuda"
@@ -149,7 +153,10 @@ def timings(args: argparse.Namespace, variants: list[str], batch: int, image: in
     """Median fwd+bwd time of every variant, interleaved in this process so drift hits all alike."""
     base, feats = _setup(args, batch, image)
     # one module shared by the eager variants (weights equal), a copy of it per compiled variant
-    mods = {v: _module(_setup(args, batch, image)[0], v) if v.endswith("+compile") else base for v in variants}
+    mods = {
+        v: _module(_setup(args, batch, image)[0], v, args.compile_mode) if v.endswith("+compile") else base
+        for v in variants
+    }
     cuda = feats[0].device.type == "cuda"
     times: dict[str, list[float]] = {v: [] for v in variants}
     for it in range(args.iters + 2):  # two rounds warm up (Triton and torch.compile compile)
@@ -182,6 +189,7 @@ def _measure_in_subprocess(args: argparse.Namespace, variant: str, batch: int, i
     cmd = [sys.executable, __file__, "--variant", variant, "--out-tensor", str(out_path), *opts]
     cmd += ["--batch", str(batch), "--image", str(image), *(["--tf32"] if args.tf32 else [])]
     cmd += ["--cudnn-benchmark"] if args.cudnn_benchmark else []
+    cmd += ["--compile-mode", args.compile_mode, "--draws-on", args.draws_on]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         sys.exit(f"{variant} failed:\n{proc.stderr}")
@@ -206,7 +214,8 @@ def run(args: argparse.Namespace, variants: list[str], batch: int, image: int, d
         f"\nattention benchmark: preset={args.preset} batch={batch} image={image}x{image} (grid {s}x{s}) "
         f"width={args.width} dtype={dtype}{' (autocast)' if dtype == 'bf16' else ''} device={args.device} "
         f"torch={torch.__version__} threads={torch.get_num_threads()} tf32={bool(args.tf32)} "
-        f"cudnn.benchmark={bool(args.cudnn_benchmark)}"
+        f"cudnn.benchmark={bool(args.cudnn_benchmark)} draws_on={args.draws_on}"
+        + (f" compile_mode={args.compile_mode}" if any(v.endswith("+compile") for v in variants) else "")
     )
     if args.device == "cuda":
         print(f"GPU: {torch.cuda.get_device_name()}")
@@ -246,6 +255,33 @@ def profile(args: argparse.Namespace) -> None:
         print(f"kernel launches per fwd+bwd: {launches}")
 
 
+def count_ops(args: argparse.Namespace) -> None:
+    """The tensor ops one fwd+bwd dispatches (views excluded), counted with a TorchDispatchMode: on CUDA each is
+    a kernel launch, except the official preset's random draws on the CPU. The message/evidence op counts
+    as one (its backward as one), whatever implements it."""
+    import collections
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.count: collections.Counter[str] = collections.Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+            if not func.is_view and func is not torch.ops.aten.promote_types.default:  # (a dtype, no tensor)
+                self.count[str(func.overloadpacket)] += 1
+            return func(*args, **(kwargs or {}))
+
+    m, feats = _setup(args, args.batch, args.image)
+    for dtype in args.dtype:
+        _step(m, feats, dtype)  # warm-up
+        with Ops() as ops:
+            _step(m, feats, dtype)
+        top = ", ".join(f"{k.removeprefix('aten.')} {n}" for k, n in ops.count.most_common(12))
+        print(f"{args.preset} {dtype}: {sum(ops.count.values())} ops per fwd+bwd ({top}, ...)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -257,12 +293,22 @@ def main() -> None:
     ap.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), default=["float32"], help="bf16: autocast")
     ap.add_argument("--variants", nargs="+", choices=("fused", "shifted", "unfold"), help="default: all three on CUDA")
     ap.add_argument("--compile", action="store_true", help="also time the eager variants under torch.compile")
+    ap.add_argument(
+        "--compile-mode", default="default", help="torch.compile mode of --compile (reduce-overhead: CUDA graphs)"
+    )
+    ap.add_argument(
+        "--draws-on",
+        default="cpu",
+        choices=("cpu", "device"),
+        help="generator of the random channel vectors (device: no host copy, what CUDA graphs need)",
+    )
     ap.add_argument("--target", action="store_true", help="CUDA: batch 2 @ 256² and 8 @ 480², float32 and bf16")
     ap.add_argument("--tf32", action="store_true", help="let CUDA convs/matmuls use TF32 (default: float32)")
     ap.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN time its conv algorithms per shape")
     ap.add_argument("--variant", help=argparse.SUPPRESS)
     ap.add_argument("--out-tensor", help=argparse.SUPPRESS)
     ap.add_argument("--profile", action="store_true", help="print torch.profiler's top ops of the model's fwd+bwd")
+    ap.add_argument("--count-ops", action="store_true", help="count the ops (CUDA: launches) of one fwd+bwd")
     args = ap.parse_args()
     _precision(args)
     if args.variant:
@@ -270,6 +316,9 @@ def main() -> None:
         return
     if args.profile:
         profile(args)
+        return
+    if args.count_ops:
+        count_ops(args)
         return
     # the Triton kernels on CPU would run in Triton's interpreter: a test tool, not a benchmark
     variants = args.variants or (["fused", "shifted", "unfold"] if args.device == "cuda" else ["shifted", "unfold"])

@@ -1,5 +1,6 @@
-"""benchmarks/gpu.py: runs every variant on the CPU (``--cpu-smoke``) with torch alone, and its MFU
-arithmetic uses the card's dense bf16 peak."""
+"""The benchmark scripts on the CPU: benchmarks/gpu.py runs every variant (``--cpu-smoke``) with torch alone
+and its MFU arithmetic uses the card's dense bf16 peak; triton_blocks.py times tiles through the
+interpreter; attention.py counts the ops of a step."""
 
 from __future__ import annotations
 
@@ -63,3 +64,18 @@ def test_triton_blocks_refuses_a_malformed_tile() -> None:
     proc = subprocess.run([sys.executable, str(script), "--smoke", "--blocks", "8by64"], capture_output=True, text=True)
     assert proc.returncode != 0
     assert "--blocks '8by64': expected CxP" in proc.stderr
+
+
+def test_attention_counts_the_ops_of_a_step() -> None:
+    """``attention.py --count-ops``: the official preset's step runs 17 convolutions forward (the pairs that
+    read one feature share one conv per dilation: 3 × 3, plus 3 projections, 3 message fusions and the
+    2 fusion convs) and 9 message/evidence ops, one per pair and dilation."""
+    script = ROOT / "benchmarks" / "attention.py"
+    cmd = [sys.executable, str(script), "--device", "cpu", "--count-ops", "--image", "64", "--width", "16"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("official float32: "))
+    counts = dict(item.rsplit(" ", 1) for item in line.split("(", 1)[1].removesuffix(", ...)").split(", "))
+    assert counts["convolution"] == counts["convolution_backward"] == "17", line
+    assert counts["vista.message_evidence"] == "9", line
+    assert int(line.split()[2]) > 17 + 17 + 9, line
