@@ -232,6 +232,11 @@ def run(args: argparse.Namespace, variants: list[str], batch: int, image: int, d
         print(line)
     if ref is not None:
         print("(speed-up and peak ratio vs unfold; max rel diff: max |out - out_unfold| / max |out_unfold|)")
+    if "reduce-overhead" in args.compile_mode and any(v.endswith("+compile") for v in variants):
+        from torch._dynamo.utils import counters
+
+        skips = counters["inductor"]["cudagraph_skips"]  # inductor falls back to plain launches, silently
+        print(f"graphs inductor did not capture as CUDA graphs so far: {skips} (why: TORCH_LOGS=cudagraphs)")
     return results
 
 

@@ -9,7 +9,7 @@
 #     8 @ 480², float32 and bf16) [70];
 #   attention_base: the same with the library of an earlier commit, side by side on the same machine, when
 #     ./shared/base holds one (git archive BASE vista benchmarks | tar -x -C shared/base);
-#   attention_graphs: batch 2 @ 256², float32 and bf16: fused eager and under torch.compile(mode=
+#   attention_graphs: batch 2 @ 256², bf16 then float32: fused eager and under torch.compile(mode=
 #     "reduce-overhead") (CUDA graphs; the random draws on the GPU) against eager unfold;
 #   gpu_py: benchmarks/gpu.py for vista_r50 (training steps: images/s, peak memory, MFU) [~150];
 #   attention_cudnn / attention_tf32: the target grid with cuDNN's algorithm search / TF32 convs [70 each];
@@ -47,7 +47,7 @@ step attention_target 110 python benchmarks/attention.py --device cuda --target 
 if [ -f shared/base/benchmarks/attention.py ]; then
   step attention_base 110 python shared/base/benchmarks/attention.py --device cuda --target --iters 10
 fi
-step attention_graphs 180 python benchmarks/attention.py --device cuda --dtype float32 bf16 --variants fused unfold \
+step attention_graphs 180 env TORCH_LOGS=cudagraphs python benchmarks/attention.py --device cuda --dtype bf16 float32 --variants fused unfold \
   --compile --compile-mode reduce-overhead --draws-on device --iters 10
 step gpu_py 200 python benchmarks/gpu.py --models vista_r50
 step attention_cudnn 110 python benchmarks/attention.py --device cuda --target --iters 10 --cudnn-benchmark
