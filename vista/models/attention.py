@@ -547,8 +547,8 @@ class StructuredAttention(nn.Module):
             messages = {r: [] for r in cfg.receivers}
             maps = {}
             kernels: dict[str, list[tuple[Tensor, Tensor, Tensor]]] = {name: [] for name, _, _ in self.pairs}
+            todo = [(getattr(self, name), z[s], z[r]) for name, s, r in self.pairs]  # this round's inputs
             for n in range(1, len(cfg.dilations) + 1):
-                todo = [(getattr(self, name), z[s], z[r]) for name, s, r in self.pairs]
                 for (name, _, _), k in zip(self.pairs, predict_kernels(todo, n), strict=True):
                     kernels[name].append(k)
             for name, s, r in self.pairs:

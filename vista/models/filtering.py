@@ -246,10 +246,15 @@ def _backward(ctx, g_s: Tensor, g_phi: Tensor) -> tuple[Tensor | None, ...]:  # 
 _message_evidence_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+def samples_contiguous(k: Tensor) -> bool:
+    """Whether each sample's k²×h×w block of ``k`` (B, k², h, w) is contiguous, at any batch stride (a
+    channel slice of one conv's output, as the model's kernels are): the layout the Triton kernels read."""
+    return k.shape[0] == 0 or k[0].is_contiguous()
+
+
 def _per_sample_contiguous(k: Tensor) -> Tensor:
-    """``k`` (B, k², h, w) itself when each sample's k²×h×w block is contiguous (a channel slice of one
-    conv's output, as the model's kernels are: no copy), else a contiguous copy."""
-    return k if k.shape[0] == 0 or k[0].is_contiguous() else k.contiguous()
+    """``k`` itself when :func:`samples_contiguous` (no copy), else a contiguous copy."""
+    return k if samples_contiguous(k) else k.contiguous()
 
 
 def message_evidence(

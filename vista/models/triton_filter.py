@@ -37,6 +37,8 @@ from torch import Tensor
 from triton.runtime.interpreter import InterpretedFunction
 from triton.runtime.jit import JITFunction
 
+from .filtering import samples_contiguous
+
 # (channels, pixels) per program. The per-pixel kernel taps are loaded once per tile and shared by its
 # channels; the backward writes ceil(C / channels) partial sums of the kernel gradients. Sized for
 # registers with ptxas for sm_90 (benchmarks/triton_registers.py; no GPU needed): forward 55-62,
@@ -239,7 +241,7 @@ def _batch_strides(*kernels: Tensor) -> list[int]:
     """The batch stride of each per-pixel kernel tensor (B, k², h, w); its k² planes must be contiguous
     (a channel slice of a conv's output is: the kernels of several pairs come from one conv)."""
     for k in kernels:
-        if k.shape[0] and not k[0].is_contiguous():
+        if not samples_contiguous(k):
             raise ValueError(f"per-pixel kernels {tuple(k.shape)} need contiguous k²×h×w blocks; strides {k.stride()}")
     return [k.stride(0) for k in kernels]
 
