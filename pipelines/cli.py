@@ -237,12 +237,16 @@ def ui(
 
     p = _load(params, None, None)
     uri = tracking_uri(p.tracking.uri)
+    if not port_is_free(port):
+        raise _fail(f"port {port} of 127.0.0.1 is in use (another server?); pick another with --port", 2)
     base, experiment = f"http://127.0.0.1:{port}", p.experiment_name()
     console.print(f"MLflow UI on {base} over {redact(uri)} (these settings' runs: {experiment})")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--workers", str(workers)]  # mlflow's default is 4 uvicorn workers
     threading.Thread(target=announce, args=(base, experiment), daemon=True).start()
-    raise typer.Exit(serve(cmd))
+    code = serve(cmd)
+    if code:
+        raise _fail(f"the MLflow server exited with code {code} (its output is above)", code)
 
 
 # MLflow 3.17's UI shows every experiment in its GenAI view (traces, an overview of LLM usage) unless its
@@ -257,10 +261,27 @@ def experiment_page(base: str, experiment_id: str | None) -> str:
     return f"{base}/#/{where}?{MODEL_TRAINING_VIEW}"
 
 
+def port_is_free(port: int) -> bool:
+    """Whether a server can listen on ``port`` of 127.0.0.1 now. Checked the way uvicorn binds
+    (SO_REUSEADDR: a port left in TIME_WAIT by a server just stopped counts as free). Without this check a
+    port held by another server made `mlflow ui` fail to bind while `vista ui` went on asking that other
+    server for ``/health``."""
+    import socket
+
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def announce(base: str, experiment: str, wait_s: float = 300.0) -> str | None:
     """Once the MLflow server at ``base`` answers ``/health``: print the link to ``experiment``'s runs table
     (the experiments list while there is no such experiment) and return it; None when the server never
     answered within ``wait_s``."""
+    import http.client
     import json
     import time
     import urllib.parse
@@ -273,7 +294,7 @@ def announce(base: str, experiment: str, wait_s: float = 300.0) -> str | None:
         try:
             with urllib.request.urlopen(f"{base}/health", timeout=5):
                 break
-        except OSError:
+        except (OSError, http.client.HTTPException):  # not up yet, or (a lost race for the port) not HTTP
             if time.monotonic() > deadline:
                 return None
             time.sleep(0.5)

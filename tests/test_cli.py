@@ -106,6 +106,32 @@ def test_a_failed_training_is_one_line_per_worker_and_a_failed_run(
     assert run.info.status == "FAILED" and reason in run.data.tags["vista.failure"]
 
 
+def test_ui_on_a_port_in_use_says_so_and_starts_no_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another server listening on the port: `vista ui` exits 2 naming the port, before any `mlflow ui` (was:
+    the server failed to bind while `vista ui` asked that other server for /health, and crashed on its
+    non-HTTP answer). A port the check finds free but the server then cannot bind: the exit code says it."""
+    import socket
+
+    from pipelines import cli
+
+    started: list[list[str]] = []
+    monkeypatch.setattr(cli, "serve", lambda cmd: started.append(cmd) or 1)
+    monkeypatch.setattr(cli, "announce", lambda *_a, **_k: None)
+    args = ["ui", "--params", str(ROOT / "params.yaml")]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        r = runner.invoke(app, [*args, "--port", str(port)])
+    out = " ".join(r.output.split())
+    assert r.exit_code == 2 and f"port {port} of 127.0.0.1 is in use" in out and "--port" in out, r.output
+    assert not started
+    r = runner.invoke(app, [*args, "--port", str(port)])  # free now; the (stubbed) server exits 1
+    assert r.exit_code == 1 and "the MLflow server exited with code 1" in " ".join(r.output.split()), r.output
+    assert len(started) == 1 and started[0][started[0].index("--port") + 1] == str(port)
+
+
 @pytest.mark.timeout(300)
 def test_ui_stops_its_server_and_its_workers(tmp_path: Path) -> None:
     """`vista ui` stopped with SIGTERM ends the `mlflow ui` server and every process it started (was: the
