@@ -69,16 +69,14 @@ def free_port() -> int:
         top = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         top = 32768
-    draw = random.SystemRandom()
-    for _ in range(200):
-        port = draw.randrange(20000, max(top, 20001))
+    for port in random.SystemRandom().sample(range(20000, top), k=min(200, max(top - 20000, 0))):
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
             return port
-    with socket.socket() as s:  # that range is full: let the kernel pick
+    with socket.socket() as s:  # that range is empty here, or full: let the kernel pick
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
