@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -20,6 +21,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -213,8 +215,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         monitor = tracking.system_metrics(uri, run_id, params.tracking.system_metrics_s, resume=checkpoint is not None)
     try:
         if checkpoint is not None:
-            with checkpoint.as_directory() as d:
-                state = load_checkpoint(Path(d) / CHECKPOINT_FILE, model, opt, sched, map_location=device)
+            with checkpoint_files(checkpoint) as d:
+                state = load_checkpoint(d / CHECKPOINT_FILE, model, opt, sched, map_location=device)
             start, history = state["epoch"] + 1, list(state["history"])
             if budget is not None:
                 budget.resume(state.get("elapsed_s", 0.0))
@@ -280,6 +282,25 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------------------------------
 # Driver
 # --------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def checkpoint_files(checkpoint: Any) -> Iterator[Path]:
+    """A Ray checkpoint's files in a local folder that this process alone reads.
+
+    Ray's ``Checkpoint.as_directory`` downloads a remote checkpoint (S3, GCS, ...) into one temporary
+    folder per checkpoint, shared by every process of the host, and a process that starts its download
+    after another one finished writes the files again while the other is reading them
+    (ray-project/ray#48726): after a node failure, two ranks on one host restoring from S3 read a torn
+    ``model.pt``. Here each process downloads into a private temporary folder, removed on exit; a checkpoint
+    on the local filesystem is read where it is (nothing writes it once reported)."""
+    import pyarrow.fs
+
+    if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
+        yield Path(checkpoint.path)
+        return
+    with tempfile.TemporaryDirectory(prefix="vista_checkpoint_") as d:
+        yield Path(checkpoint.to_directory(d))
 
 
 def _free_port() -> int:
@@ -416,8 +437,8 @@ def best_checkpoint_state(result: Any, metric: str, mode: str) -> dict[str, Any]
     if not any(metric in m for _, m in result.best_checkpoints):
         raise ValueError(f"train.best_metric={metric!r} was never reported (reported: {sorted(result.metrics)})")
     best = result.get_best_checkpoint(metric=metric, mode=mode)
-    with best.as_directory() as d:
-        return torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    with checkpoint_files(best) as d:
+        return torch.load(d / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
 
 
 def first_batch(loader: Any) -> dict[str, Any]:
@@ -545,8 +566,8 @@ def run(
         if result.error:
             raise RuntimeError(f"training failed: {failure_reason(result.error)}")
         best = best_checkpoint_state(result, t.best_metric, t.best_mode)
-        with result.checkpoint.as_directory() as d:
-            last = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        with checkpoint_files(result.checkpoint) as d:
+            last = torch.load(d / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
         history = last["history"]
     except BaseException as err:  # Ctrl-C included: the MLflow run must not stay RUNNING
         tracking.end_run(uri, run_id, "FAILED", reason=f"{type(err).__name__}: {err}")

@@ -73,3 +73,33 @@ def test_ray_storage_folder_is_anchored_at_the_dvc_root(tmp_path: Path, monkeypa
     assert storage_location("/srv/ray") == "/srv/ray"
     uri = "s3://vista/ray?endpoint_override=127.0.0.1:9000&scheme=http"
     assert storage_location(uri) == uri
+
+
+def test_two_processes_restoring_one_remote_checkpoint_never_share_its_files(tmp_path: Path) -> None:
+    """Two ranks on one host restore the same checkpoint from object storage: each reads its own download,
+    so the second download never rewrites the file the first one is reading (with Ray's
+    ``Checkpoint.as_directory`` both got one shared folder, written again by the second: a torn ``model.pt``
+    in CI after a node failure, ray-project/ray#48726). A local checkpoint is read in place."""
+    import pyarrow.fs
+    import torch
+    from ray.train import Checkpoint
+
+    from pipelines.train import checkpoint_files
+
+    store = tmp_path / "bucket"
+    (store / "ckpt").mkdir(parents=True)
+    torch.save({"epoch": 3}, store / "ckpt" / "model.pt")
+    remote = pyarrow.fs.SubTreeFileSystem(str(store), pyarrow.fs.LocalFileSystem())  # not the local filesystem
+    checkpoint = Checkpoint("ckpt", filesystem=remote)
+    with checkpoint_files(checkpoint) as first:
+        seen = (first / "model.pt").stat()
+        with checkpoint_files(checkpoint) as second:
+            assert second != first and not second.is_relative_to(store)
+            assert torch.load(second / "model.pt", weights_only=True) == {"epoch": 3}
+        after = (first / "model.pt").stat()
+        assert (after.st_ino, after.st_mtime_ns, after.st_size) == (seen.st_ino, seen.st_mtime_ns, seen.st_size)
+        assert torch.load(first / "model.pt", weights_only=True) == {"epoch": 3}
+        assert not second.exists()  # removed when its reader is done
+    assert not first.exists()
+    with checkpoint_files(Checkpoint(str(store / "ckpt"))) as local:
+        assert local == store / "ckpt"
