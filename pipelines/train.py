@@ -31,6 +31,7 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
+from pipelines.ports import free_port
 from vista import tracking
 from vista.checkpoint import build_model, load_checkpoint, save_checkpoint
 from vista.config import Params, project_path, validate_params
@@ -303,14 +304,6 @@ def checkpoint_files(checkpoint: Any) -> Iterator[Path]:
         yield Path(checkpoint.to_directory(d))
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def ray_logging(verbose: bool = False) -> dict[str, Any]:
     """The ``ray.init`` arguments of the console: by default Ray's own warnings and errors only (workers'
     output stays in the session's log files; a worker's error still reaches ``fit`` with its traceback);
@@ -322,7 +315,8 @@ def _ray_init(verbose: bool = False) -> None:
     """Join the cluster in ``RAY_ADDRESS`` (e.g. inside ``ray job submit``), or start Ray locally, with the
     console of :func:`ray_logging`.
 
-    The local instance runs the dashboard on 127.0.0.1 (a free port): Ray Train's placement-group cleaner
+    The local instance runs the dashboard on 127.0.0.1 (a free port below the ephemeral range, out of
+    reach of other Ray instances here: :func:`pipelines.ports.free_port`): Ray Train's placement-group cleaner
     asks the state API (served by the dashboard) whether a run's controller is still alive. Without it, the
     workers' CPUs of a run that was stopped from outside (a Tune trial stopped by ASHA, a killed driver)
     stay reserved and the next run waits for resources forever (ray-project/ray#54305).
@@ -338,7 +332,7 @@ def _ray_init(verbose: bool = False) -> None:
     if os.environ.get("RAY_ADDRESS"):  # inside `ray job submit`, or pointed at a cluster
         ray.init(runtime_env=runtime_env, **ray_logging(verbose))
         return
-    port = _free_port()
+    port = free_port()  # below the ephemeral range: a port another Ray instance here cannot draw
     os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
     ray.init(
         include_dashboard=True,

@@ -55,32 +55,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-def free_port() -> int:
-    """A TCP port of 127.0.0.1 that is free now (for a server a test starts), drawn at random from 20000 up to
-    the kernel's ephemeral range (ip_local_port_range, 32768 by default): a port the kernel hands out for
-    ``bind(("", 0))`` or a client's connect can be taken by another process (Ray's servers in the test on the
-    other xdist worker) before the test's server binds it. A CI run lost `vista ui`'s port 40303 that way.
-    Below 20000 are Ray's worker ports (10002-19999). SystemRandom: tests seed ``random``, and the two
-    workers must not draw the same sequence."""
-    import random
-    import socket
-
-    try:
-        top = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        top = 32768
-    for port in random.SystemRandom().sample(range(20000, top), k=min(200, max(top - 20000, 0))):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    with socket.socket() as s:  # that range is empty here, or full: let the kernel pick
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def shared_path(*parts: str) -> Path:
     """A path under ../shared; fails (not skips) in CI when it is missing."""
     path = SHARED.joinpath(*parts)

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, free_port
+from pipelines.ports import free_port
+from tests.conftest import ROOT
 from vista.config import load_params
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]

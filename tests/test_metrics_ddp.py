@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tests.conftest import free_port
+from pipelines.ports import free_port
 from vista.metrics import TaskMetrics
 
 pytestmark = pytest.mark.timeout(120)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,28 @@ def test_ray_is_quiet_unless_verbose(monkeypatch: pytest.MonkeyPatch, address: s
     assert quiet["log_to_driver"] is False and quiet["logging_level"] == logging.WARNING
     assert verbose["log_to_driver"] is True and verbose["logging_level"] == logging.INFO
     assert ("dashboard_port" in quiet) is (address is None)
+    if address is None:  # the local dashboard: a port no other Ray instance here can draw, and the workers know it
+        assert 20000 <= verbose["dashboard_port"] < ephemeral_low()
+        assert os.environ["RAY_API_SERVER_ADDRESS"] == f"http://127.0.0.1:{verbose['dashboard_port']}"
+
+
+def ephemeral_low() -> int:
+    return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+
+
+def test_free_ports_come_from_below_the_ephemeral_range(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Servers that vista or a test starts listen on a port the kernel never hands out to ``bind(0)`` and that
+    Ray never draws (it draws above such a port); distinct draws; the kernel picks when that range is empty."""
+    import socket
+
+    from pipelines import ports
+
+    drawn = [ports.free_port() for _ in range(20)]
+    assert all(20000 <= p < ephemeral_low() for p in drawn) and len(set(drawn)) > 1
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", drawn[-1]))  # free indeed
+    monkeypatch.setattr(ports, "LOW", 65535)
+    assert ports.free_port() >= ephemeral_low()
 
 
 def test_ray_storage_folder_is_anchored_at_the_dvc_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

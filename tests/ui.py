@@ -12,7 +12,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.conftest import ROOT, free_port
+from pipelines.ports import free_port
+from tests.conftest import ROOT
 
 START_S = 180.0  # how long `mlflow ui` may take to answer on a loaded 2-core box before the test gives up
 
