@@ -57,7 +57,7 @@ def bare(params, shards: str, epochs: int) -> tuple[float, float]:  # noqa: ANN0
 
 def ray_path(params, workers: int, cpus: int, epochs: int, storage: str) -> tuple[float, float]:  # noqa: ANN001
     """(median samples/s over epochs 2.., wall seconds of fit) through ``pipelines.train.fit``."""
-    from pipelines.train import CHECKPOINT_FILE, fit
+    from pipelines.train import CHECKPOINT_FILE, checkpoint_files, fit
 
     train = params.train.model_copy(
         update={
@@ -74,8 +74,8 @@ def ray_path(params, workers: int, cpus: int, epochs: int, storage: str) -> tupl
     wall = time.perf_counter() - wall
     if result.error:
         raise RuntimeError(f"ray x{workers} failed: {result.error}")
-    with result.checkpoint.as_directory() as d:
-        history = torch.load(Path(d) / CHECKPOINT_FILE, weights_only=True)["history"]
+    with checkpoint_files(result.checkpoint) as d:
+        history = torch.load(d / CHECKPOINT_FILE, weights_only=True)["history"]
     speeds = [row["train/samples_per_s"] for row in history if row["epoch"] >= 1]
     return statistics.median(speeds[1:] or speeds), wall
 
