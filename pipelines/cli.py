@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from pipelines.ports import port_is_free
 from vista.config import ParamsError, load_params, parse_overrides
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="VISTA-Net training pipeline.")
@@ -259,22 +260,6 @@ def experiment_page(base: str, experiment_id: str | None) -> str:
     """The MLflow UI page of an experiment's runs table, or of the experiments list (``experiment_id`` None)."""
     where = f"experiments/{experiment_id}" if experiment_id is not None else "experiments"
     return f"{base}/#/{where}?{MODEL_TRAINING_VIEW}"
-
-
-def port_is_free(port: int) -> bool:
-    """Whether a server can listen on ``port`` of 127.0.0.1 now. Checked the way uvicorn binds
-    (SO_REUSEADDR: a port left in TIME_WAIT by a server just stopped counts as free). Without this check a
-    port held by another server made `mlflow ui` fail to bind while `vista ui` went on asking that other
-    server for ``/health``."""
-    import socket
-
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def announce(base: str, experiment: str, wait_s: float = 300.0) -> str | None:

@@ -1,6 +1,5 @@
-"""A free TCP port of 127.0.0.1 for a server that vista starts (the local Ray dashboard) or a test starts.
-
-Standard library only: ``tests/conftest.py`` imports it on machines that have torch and timm alone."""
+"""Ports of 127.0.0.1 for the servers vista starts (`vista ui`'s MLflow server, the local Ray dashboard) and
+the tests start. Standard library only: the tests import it without the pipeline stack."""
 
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ LOW = 20000  # Ray's worker ports are 10002-19999 (ray start --min/max-worker-po
 
 
 def free_port() -> int:
-    """A port of 127.0.0.1 that is free now, drawn at random from 20000 up to the kernel's ephemeral range
+    """A port that is free now, drawn at random from 20000 up to the kernel's ephemeral range
     (``ip_local_port_range``, 32768 by default).
 
     A port the kernel hands out for ``bind(("", 0))`` can be taken by another process before our server binds
@@ -35,3 +34,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def port_is_free(port: int) -> bool:
+    """Whether a server can listen on ``port`` now, checked the way uvicorn binds (SO_REUSEADDR: a port left
+    in TIME_WAIT by a server just stopped counts as free). :func:`free_port`'s check is stricter (a port
+    it draws may go to any server). Without this check a port held by another server made `mlflow ui` fail
+    to bind while `vista ui` went on asking that other server for ``/health``."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
