@@ -79,3 +79,35 @@ def test_attention_counts_the_ops_of_a_step() -> None:
     assert counts["convolution"] == counts["convolution_backward"] == "17", line
     assert counts["vista.message_evidence"] == "9", line
     assert int(line.split()[2]) > 17 + 17 + 9, line
+
+
+def test_step_profile_smoke_splits_a_step_into_its_components() -> None:
+    """``step_profile.py`` on the smoke profile with the CamVid recipe's switches (bf16, channels_last, fp16
+    gradients): every component of both models gets a time, the neck's parts only for VISTA, the FLOPs
+    of the step are counted (the evidence op's included), the two-rank all-reduce runs, and the ratios
+    are printed against the last model."""
+    script = ROOT / "benchmarks" / "step_profile.py"
+    cmd = [sys.executable, str(script), "--profile", "smoke", "--steps", "1", "--rounds", "1", "--warmup", "0"]
+    cmd += ["--set", "train.amp=true", "--set", "train.channels_last=true", "--set", "train.grad_compression=fp16"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    vista, baseline = out.split("\nbaseline_r18: ")[0], out.split("\nbaseline_r18: ")[1].split("\nthroughput")[0]
+
+    def rows(block: str) -> dict[str, list[float]]:
+        table = {}
+        for line in block.splitlines():
+            parts = line.rsplit(maxsplit=5)
+            if len(parts) == 6 and parts[3].endswith("%"):
+                table[parts[0]] = [float(parts[1]), float(parts[2]), float(parts[4])]
+        return table
+
+    v, b = rows(vista), rows(baseline)
+    for comp in ("backbone", "projection", "kernels", "evidence", "mean-field", "message", "decoder", "heads"):
+        assert v[comp][0] > 0 and v[comp][1] > 0, (comp, vista)
+    assert v["evidence"][2] > 0 and v["kernels"][2] > 0  # FLOPs: the op's own formula, and the convs
+    assert "evidence" not in b and b["backbone"][2] == v["backbone"][2]  # the same backbone, counted alike
+    assert any(k.startswith("all-reduce") and r[1] > 0 for k, r in v.items()), vista
+    assert "optimizer" in vista and "with the all-reduce" in out
+    ratio = next(x for x in out.splitlines() if x.strip().startswith("baseline_r18 ") and "x" in x)
+    assert "1.000x" in ratio, out
