@@ -118,6 +118,72 @@ def test_message_evidence_matches_reference_values_and_gradients(same: bool) -> 
         torch.testing.assert_close(a, r)
 
 
+def _evidence_inputs(b: int, c: int, h: int, w: int, k: int, seed: int, same: bool, layout: str, dtype: torch.dtype):
+    g = torch.Generator().manual_seed(seed)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+
+    def t(n: int) -> torch.Tensor:
+        x = torch.randn(b, n, h, w, generator=g, dtype=torch.float64).to(dtype)
+        return x.contiguous(memory_format=fmt).requires_grad_()
+
+    f_e = t(c)
+    f_r = f_e if same else t(c)
+    # the model's kernels: channel slices of one conv output in the features' layout
+    kernels = list(t(3 * k * k).split(k * k, dim=1))
+    return f_e, f_r, kernels
+
+
+def _oracle_values_and_grads(f_e, f_r, kernels, d: int, k: int, ours) -> tuple[list, list, list, list]:  # noqa: ANN001
+    same = f_r is f_e
+    inputs = [f_e, *kernels] if same else [f_e, f_r, *kernels]
+    leaves = [x.detach().double().requires_grad_() for x in inputs]
+    ref = unfold_message_evidence(leaves[0], leaves[0] if same else leaves[1], *leaves[-3:], d, k)
+    g = torch.Generator().manual_seed(7)
+    grads_out = [torch.randn(o.shape, generator=g, dtype=torch.float64).to(f_e.dtype) for o in ref]
+    g_ours = torch.autograd.grad(ours, inputs, grads_out)
+    g_ref = torch.autograd.grad(ref, leaves, [x.double() for x in grads_out])
+    return list(ours), list(ref), list(g_ours), list(g_ref)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize(("b", "c", "h", "w", "d", "k", "seed"), _random_filter_cases(20))
+def test_message_evidence_matches_the_oracle_over_random_shapes_and_layouts(
+    b: int, c: int, h: int, w: int, d: int, k: int, seed: int, layout: str
+) -> None:
+    """The model's path (shifted products, channels-last compute) against the unfold oracle, float64:
+    random shapes with dilations up to 5 (padding larger than the grid), batch > 1, both input layouts,
+    kernels sliced from one tensor; the outputs keep the features' layout."""
+    for same in (False, True):
+        f_e, f_r, kernels = _evidence_inputs(b, c, h, w, k, seed, same, layout, torch.float64)
+        ours = message_evidence(f_e, f_r, *kernels, d, k, backend="torch")
+        for o in ours:
+            assert o.stride() == f_e.stride() and o.dtype == torch.float64
+        vals, ref, g_ours, g_ref = _oracle_values_and_grads(f_e, f_r, kernels, d, k, ours)
+        for a, r in zip(vals + g_ours, ref + g_ref, strict=True):
+            torch.testing.assert_close(a, r)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize(("d", "k"), [(1, 3), (4, 3), (8, 3), (2, 5)])
+def test_message_evidence_in_bf16_on_cpu_rounds_once(d: int, k: int, layout: str) -> None:
+    """bf16 features on the CPU are filtered in float32 and rounded once: values and gradients within a
+    few bf16 ulps of the float64 oracle on the same (bf16) inputs, in the inputs' dtype and layout."""
+    f_e, f_r, kernels = _evidence_inputs(2, 16, 9, 11, k, 3, False, layout, torch.bfloat16)
+    ours = message_evidence(f_e, f_r, *kernels, d, k, backend="torch")
+    assert all(o.dtype == torch.bfloat16 and o.stride() == f_e.stride() for o in ours)
+    vals, ref, g_ours, g_ref = _oracle_values_and_grads(f_e, f_r, kernels, d, k, ours)
+    for a, r in zip(vals + g_ours, ref + g_ref, strict=True):
+        assert a.dtype == torch.bfloat16
+        torch.testing.assert_close(a.double(), r, rtol=1.6e-2, atol=1e-2 * float(r.abs().max()))
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_message_evidence_gradcheck_channels_last(layout: str) -> None:
+    f_e, f_r, kernels = _evidence_inputs(2, 3, 4, 5, 3, 11, False, layout, torch.float64)
+    fn = lambda a, r, *ks: message_evidence(a, r, *ks, 2, 3)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (f_e, f_r, *kernels))
+
+
 @pytest.mark.parametrize(("same", "d", "k"), [(False, 1, 3), (True, 2, 3), (False, 1, 5)])
 def test_message_evidence_gradcheck(same: bool, d: int, k: int) -> None:
     def t(*shape: int) -> torch.Tensor:
