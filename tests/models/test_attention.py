@@ -198,14 +198,26 @@ def test_message_evidence_gradcheck(same: bool, d: int, k: int) -> None:
 
 
 @pytest.mark.parametrize("gate", [False, True])
-def test_gated_message_matches_autograd_formula_and_gradcheck(gate: bool) -> None:
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_gated_message_matches_autograd_formula_and_gradcheck(gate: bool, layout: str) -> None:
+    """Both layouts of the features (channels-last ones keep theirs through the message)."""
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+
     def t(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+        x = torch.randn(*shape, dtype=torch.float64)
+        return (x.contiguous(memory_format=fmt) if x.dim() == 4 and shape[1] > 2 else x).requires_grad_()
 
     s, phi, v, m = t(2, 3, 4, 5), t(2, 3, 4, 5), t(2, 2, 3), t(2, 2, 4, 5)
     a = torch.einsum("btc,bthw->bchw", v, m)
     expected = (a * phi if gate else a) * s
-    torch.testing.assert_close(gated_message(s, phi, v, m, gate_evidence=gate), expected)
+    out = gated_message(s, phi, v, m, gate_evidence=gate)
+    torch.testing.assert_close(out, expected)
+    assert out.is_contiguous(memory_format=fmt)
+    g = torch.randn(expected.shape, dtype=torch.float64).contiguous(memory_format=fmt)
+    got = torch.autograd.grad(out, (s, phi, v, m) if gate else (s, v, m), g)
+    ref = torch.autograd.grad(expected, (s, phi, v, m) if gate else (s, v, m), g)
+    for a_, r_ in zip(got, ref, strict=True):
+        torch.testing.assert_close(a_, r_)
     assert torch.autograd.gradcheck(lambda *x: gated_message(*x, gate_evidence=gate), (s, phi, v, m))
 
 

@@ -238,12 +238,24 @@ def mean_field(
     return v, m
 
 
+def _is_channels_last(x: Tensor) -> bool:
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def _outer(v: Tensor, m: Tensor, channels_last: bool) -> Tensor:
+    """``Σ_t v^t ⊗ m^t``: ``v`` (B, T, C), ``m`` (B, T, h, w) -> (B, C, h, w), channels-last or NCHW."""
+    if not channels_last:
+        return torch.einsum("btc,bthw->bchw", v, m)
+    b, _, h, w = m.shape
+    return torch.matmul(m.flatten(2).transpose(1, 2), v).view(b, h, w, -1).permute(0, 3, 1, 2)  # (B, hw, C)
+
+
 def structured_tensor(v: Tensor, m: Tensor, phi: Tensor | None = None) -> Tensor:
     """``A = Σ_t v^t ⊗ m^t`` (CP rank ≤ T), times ``phi`` when given (the official gating).
 
-    ``v`` (B, T, C), ``m`` (B, T, h, w) -> (B, C, h, w).
+    ``v`` (B, T, C), ``m`` (B, T, h, w) -> (B, C, h, w), in ``phi``'s layout when it is channels-last.
     """
-    a = torch.einsum("btc,bthw->bchw", v, m)
+    a = _outer(v, m, phi is not None and _is_channels_last(phi))
     return a if phi is None else a.mul_(phi)
 
 
@@ -259,13 +271,16 @@ class _GatedMessage(torch.autograd.Function):
         s, phi, v, m = (t.to(dtype) for t in (s, phi, v, m))
         ctx.save_for_backward(s, phi, v, m)
         ctx.gate = gate_evidence
-        return structured_tensor(v, m, phi if gate_evidence else None).mul_(s)
+        # built in S's layout: channels-last features keep their layout through the message (no copies)
+        ctx.channels_last = _is_channels_last(s)
+        a = _outer(v, m, ctx.channels_last)
+        return (a.mul_(phi) if gate_evidence else a).mul_(s)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):  # type: ignore[override]
         s, phi, v, m = ctx.saved_tensors
-        a = torch.einsum("btc,bthw->bchw", v, m)  # (B, C, h, w), recomputed
+        a = _outer(v, m, ctx.channels_last)  # (B, C, h, w), recomputed
         g_s_a = g * s  # ∂/∂(a ⊙ [Φ])
         if ctx.gate:
             g_phi = g_s_a * a
@@ -275,8 +290,14 @@ class _GatedMessage(torch.autograd.Function):
             g_phi = None
             g_a = g_s_a
             g_s = a.mul_(g)
-        g_v = torch.einsum("bchw,bthw->btc", g_a, m)
-        g_m = torch.einsum("bchw,btc->bthw", g_a, v)
+        if ctx.channels_last and _is_channels_last(g_a):
+            b, t, h, w = m.shape
+            g_a = g_a.permute(0, 2, 3, 1).reshape(b, h * w, -1)  # (B, hw, C), a view
+            g_v = torch.matmul(m.flatten(2), g_a)  # (B, T, C)
+            g_m = torch.matmul(v, g_a.transpose(1, 2)).view(b, t, h, w)
+        else:
+            g_v = torch.einsum("bchw,bthw->btc", g_a, m)
+            g_m = torch.einsum("bchw,btc->bthw", g_a, v)
         return g_s, g_phi, g_v, g_m, None
 
 
