@@ -16,10 +16,11 @@ split into components, each with its forward and backward time, share of the ste
   competes for the same two cores).
 
 FLOPs come from ``torch.utils.flop_counter`` (convolutions, matmuls, einsums) plus an analytic count for
-the evidence op (``vista::message_evidence``: 2·k² multiply-adds per output element for each of its three
-filters); element-wise work counts zero, so a component with time and few FLOPs is bandwidth- or
-overhead-bound. ``GFLOP/s`` beside each row against the ``matmul rate`` line (a large matmul on the same
-threads, in the step's dtype) shows which parts run far below the machine's rate.
+the evidence op (``vista::message_evidence``: 2·k² FLOPs per output element for each of its three
+filters, two when the sender is the receiver); element-wise work counts zero, so a component with time
+and few FLOPs is bandwidth- or overhead-bound. ``GFLOP/s`` beside each row against the ``matmul rate``
+line (a large matmul on the same threads, in the step's dtype) shows which parts run far below the
+machine's rate.
 
 Times are medians over ``--steps`` profiled steps after ``--warmup`` steps; the hooks cost a little, so
 the plain step time (no hooks) is printed beside the sum. Throughput ratios: plain steps (no hooks), the
@@ -182,20 +183,23 @@ def instrument(model: nn.Module, lab: Labeller) -> Callable[[], None]:
 
 
 def evidence_flop_formulas() -> None:
-    """FLOPs of ``vista::message_evidence`` (three k²-tap filters, 2 per tap, + f_r ⊙ S) and its backward
-    (per tap: the kernel gradients' products and the input gradients' multiply-adds: 2× the forward)."""
+    """FLOPs of ``vista::message_evidence`` (three k²-tap filters, 2 per tap, + f_r ⊙ S; two filters when
+    ``f_r`` is ``None``: the sender is the receiver and ``D(f, K^e) + D(f, K^r)`` is one filter) and its
+    backward (per tap: the kernel gradients' products and the input gradients' multiply-adds: 2× the
+    forward)."""
     from torch.utils.flop_counter import register_flop_formula
 
     import vista.models.filtering  # noqa: F401  (registers the op)
 
     def fwd(f_e_shape, f_r_shape, w_shape, *args, out_shape=None, **kwargs) -> int:  # noqa: ANN001
         b, c, h, w = f_e_shape
-        return b * c * h * w * (3 * 2 * w_shape[1] + 2)
+        filters = 2 if f_r_shape is None else 3
+        return b * c * h * w * (filters * 2 * w_shape[1] + 2)
 
-    def bwd(g_s_shape, *args, out_shape=None, **kwargs) -> int:  # noqa: ANN001
+    def bwd(g_s_shape, g_phi_shape, f_e_shape, f_r_shape, w_shape, *args, out_shape=None, **kwargs) -> int:  # noqa: ANN001
         b, c, h, w = g_s_shape
-        k2 = args[3][1]  # w's shape
-        return b * c * h * w * (2 * 3 * 2 * k2 + 4)
+        filters = 2 if f_r_shape is None else 3
+        return b * c * h * w * (2 * filters * 2 * w_shape[1] + 4)
 
     with contextlib.suppress(Exception):  # registered once per process
         register_flop_formula(torch.ops.vista.message_evidence, get_raw=False)(fwd)

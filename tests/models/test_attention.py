@@ -197,6 +197,63 @@ def test_message_evidence_gradcheck(same: bool, d: int, k: int) -> None:
         assert torch.autograd.gradcheck(lambda a, b, *ks: message_evidence(a, b, *ks, d, k), (f_e, f_r, *kernels))
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_message_evidence_of_one_feature_takes_the_summed_kernel(layout: str) -> None:
+    """Sender = receiver: ``k_r=None`` with ``k_e = K^e + K^r`` is the same function as the two kernels
+    apart (values; the input gradient; K^e and K^r both get the summed kernel's gradient), and the op
+    merges the two filters itself when given both (K^r's gradient equal to K^e's)."""
+    f, _, (w, k_e, k_r) = _evidence_inputs(2, 5, 6, 7, 3, 3, True, layout, torch.float64)
+    k_sum = (k_e + k_r).detach().requires_grad_()
+    apart = message_evidence(f, f, w, k_e, k_r, 2, 3)
+    merged = message_evidence(f, f, w, k_sum, None, 2, 3)
+    ref = unfold_message_evidence(f, f, w, k_e, k_r, 2, 3)
+    for a, b, r in zip(apart, merged, ref, strict=True):
+        torch.testing.assert_close(a, r)
+        torch.testing.assert_close(b, r)
+    g = [torch.randn_like(t) for t in ref]
+    g_f, g_w, g_ke, g_kr = torch.autograd.grad(apart, (f, w, k_e, k_r), g)
+    g_f_ref, g_w_ref, g_ke_ref, g_kr_ref = torch.autograd.grad(ref, (f, w, k_e, k_r), g)
+    g_f_m, g_w_m, g_sum = torch.autograd.grad(merged, (f, w, k_sum), g)
+    for a, b, r in ((g_f, g_f_m, g_f_ref), (g_w, g_w_m, g_w_ref), (g_ke, g_sum, g_ke_ref), (g_kr, g_sum, g_kr_ref)):
+        torch.testing.assert_close(a, r)
+        torch.testing.assert_close(b, r)
+    assert torch.autograd.gradcheck(lambda a, *ks: message_evidence(a, a, *ks, None, 2, 3), (f, w, k_sum))
+
+
+def test_message_evidence_refuses_a_missing_k_r_for_two_features() -> None:
+    f_e, f_r, (w, k_e, _) = _evidence_inputs(1, 2, 3, 4, 3, 0, False, "nchw", torch.float64)
+    with pytest.raises(ValueError, match="k_r=None .* needs f_r to be f_e"):
+        message_evidence(f_e, f_r, w, k_e, None, 1, 3)
+
+
+@pytest.mark.parametrize("preset", ["paper", "official"])
+def test_a_pair_whose_sender_is_its_receiver_predicts_the_summed_kernels(preset: str) -> None:
+    """The c4→c4 pair: W from one conv with the two halves of its weight summed and K^e + K^r from one
+    conv with summed weights, so 2 kernel maps instead of 3 and a two-filter evidence. The pair's message
+    and every gradient (feature, all parameters) equal those of the pair's own three convs on
+    ``cat(f, f)``, ``f`` and ``f`` through the official algorithm with both kernels."""
+    m = tiny(preset, channel_init="learned").double().train()
+    name = next(n for n, s, r in m.pairs if s == r)
+    pair = getattr(m, name)
+    x = torch.randn(2, m.cfg.width, 8, 8, dtype=torch.float64, requires_grad=True)
+    kernels = [pair._kernels(n, x, x) for n in range(1, len(m.cfg.dilations) + 1)]
+    assert all(len(k) == 3 and k[2] is None and k[1].shape[1] == m.cfg.kernel_size**2 for k in kernels)
+    torch.manual_seed(3)
+    ours = pair(x, x)
+    separate = []
+    for n in range(1, len(m.cfg.dilations) + 1):
+        convs = [getattr(pair, f"{p}_{n}") for p in ("kernel_prediction", "kernel_se", "kernel_sr")]
+        separate.append((convs[0](torch.cat([x, x], 1)), convs[1](x), convs[2](x)))
+    pair.evidence = unfold_message_evidence
+    torch.manual_seed(3)
+    ref = pair(x, x, kernels=separate)
+    torch.testing.assert_close(ours, ref)
+    g = torch.randn_like(ref)
+    leaves = [x, *pair.parameters()]
+    for a, r in zip(torch.autograd.grad(ours, leaves, g), torch.autograd.grad(ref, leaves, g), strict=True):
+        torch.testing.assert_close(a, r)
+
+
 @pytest.mark.parametrize("gate", [False, True])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_gated_message_matches_autograd_formula_and_gradcheck(gate: bool, layout: str) -> None:
@@ -264,10 +321,12 @@ def test_pairs_reading_one_feature_share_one_conv() -> None:
         for a, b in zip(merged, alone, strict=True):
             for x, y in zip(a, b, strict=True):
                 torch.testing.assert_close(x, y)
-        weights = [torch.randn_like(x) for k in merged for x in k]
+        weights = [torch.randn_like(x) for k in merged for x in k if x is not None]
         leaves = [*z.values(), *m.parameters()]
-        g_merged = torch.autograd.grad([x for k in merged for x in k], leaves, weights, allow_unused=True)
-        g_alone = torch.autograd.grad([x for k in alone for x in k], leaves, weights, allow_unused=True)
+        outs_m = [x for k in merged for x in k if x is not None]
+        outs_a = [x for k in alone for x in k if x is not None]
+        g_merged = torch.autograd.grad(outs_m, leaves, weights, allow_unused=True)
+        g_alone = torch.autograd.grad(outs_a, leaves, weights, allow_unused=True)
         for x, y in zip(g_merged, g_alone, strict=True):
             assert (x is None) == (y is None)
             if x is not None:

@@ -65,14 +65,17 @@ def test_without_triton_auto_falls_back_and_triton_raises(
         filtering._triton_module.cache_clear()
 
 
-@pytest.mark.parametrize("same", [False, True])
-def test_op_registration_passes_opcheck(same: bool) -> None:
-    """Schema, fake (meta) kernel, autograd registration and AOT dispatch of the op, as torch checks them."""
+@pytest.mark.parametrize("same", [False, True, "merged"])
+def test_op_registration_passes_opcheck(same: bool | str) -> None:
+    """Schema, fake (meta) kernel, autograd registration and AOT dispatch of the op, as torch checks them
+    (``merged``: the sender is the receiver and k_r is None, k_e holding K^e + K^r)."""
     f_e, f_r, kernels = _inputs(b=2, c=2, h=3, w=4)
+    if same == "merged":
+        kernels = [*kernels[:2], None]
     args = (f_e, None if same else f_r, *kernels, 2, 3, "torch")
     torch.library.opcheck(torch.ops.vista.message_evidence.default, args)
     # the backward op (not differentiable itself: no double backward), on plain tensors
-    f_e, f_r, *kernels = (t.detach() for t in (f_e, f_r, *kernels))
+    f_e, f_r, *kernels = (t if t is None else t.detach() for t in (f_e, f_r, *kernels))
     s, _ = torch.ops.vista.message_evidence(f_e, None if same else f_r, *kernels, 2, 3, "torch")
     args = (torch.randn_like(s), torch.randn_like(s), f_e, None if same else f_r, *kernels, s, 2, 3, "torch")
     torch.library.opcheck(torch.ops.vista.message_evidence_backward.default, args)

@@ -35,7 +35,7 @@ EvalDraws = Literal["fixed", "fresh"]
 DrawsOn = Literal["cpu", "device"]
 
 # (f_e, f_r, W, K^e, K^r, dilation, kernel_size) -> (S, Φ)
-EvidenceFn = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, int, int], tuple[Tensor, Tensor]]
+EvidenceFn = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor | None, int, int], tuple[Tensor, Tensor]]
 
 
 @dataclass(frozen=True)
@@ -426,8 +426,9 @@ class AttentionGatedMessage(nn.Module):
             "r": ([w_r, conv_r.weight], [self.zero_bias, conv_r.bias]),
         }
 
-    def _kernels(self, n: int, sender: Tensor, receiver: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``(W, K^e, K^r)``, each (B, k², h, w), of dilation number ``n`` for this pair alone."""
+    def _kernels(self, n: int, sender: Tensor, receiver: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``(W, K^e, K^r)``, each (B, k², h, w), of dilation number ``n`` for this pair alone
+        (``(W, K^e + K^r, None)`` when the sender is the receiver: see :func:`predict_kernels`)."""
         return predict_kernels([(self, sender, receiver)], n)[0]
 
     def forward(
@@ -435,7 +436,7 @@ class AttentionGatedMessage(nn.Module):
         receiver: Tensor,
         sender: Tensor,
         maps: list[AttentionMaps] | None = None,
-        kernels: Sequence[tuple[Tensor, Tensor, Tensor]] | None = None,
+        kernels: Sequence[tuple[Tensor, Tensor, Tensor | None]] | None = None,
     ) -> Tensor:
         """Fused message ``(B, C, h, w)`` from ``sender`` to ``receiver`` (both ``(B, C, h, w)``).
 
@@ -463,13 +464,19 @@ class AttentionGatedMessage(nn.Module):
 
 def predict_kernels(
     pairs: Sequence[tuple[AttentionGatedMessage, Tensor, Tensor]], n: int
-) -> list[tuple[Tensor, Tensor, Tensor]]:
+) -> list[tuple[Tensor, Tensor, Tensor | None]]:
     """``(W, K^e, K^r)`` of dilation number ``n`` (1-based) for each ``(pair module, sender, receiver)``.
 
     Every kernel-predicting conv reads one feature (:meth:`AttentionGatedMessage.conv_pieces`); the convs
     of all pairs that read the same tensor run as one conv with all their output channels (the official
     preset's three pairs share the receiver c4, which is also a sender: 6 convs per dilation become 3,
     each input read once), and its output is split in one op. Same function as one conv per piece.
+
+    A pair whose sender is its receiver (the same tensor) gets ``(W, K^e + K^r, None)``: convolution is
+    linear, so ``W = conv(cat(f, f))`` is one conv of ``f`` with the two halves of its weight summed, and
+    the evidence's two filters of ``f`` are one filter with ``K^e + K^r``, predicted by one conv with the
+    summed weights (:func:`message_evidence` takes ``k_r=None``). Same function and gradients (the summed
+    weights pass each piece the gradient it had), half the kernel maps for that pair.
     """
     k2 = pairs[0][0].cfg.kernel_size ** 2
     pred: nn.Conv2d = getattr(pairs[0][0], f"kernel_prediction_{n}")
@@ -477,6 +484,14 @@ def predict_kernels(
     slots = []  # per pair: (group, index of its W piece) of the sender's and the receiver's conv
     for module, sender, receiver in pairs:
         pieces = module.conv_pieces(n)
+        if sender is receiver:
+            (we, ke), (be, bke) = pieces["e"]
+            (wr, kr), (_, bkr) = pieces["r"]  # the receiver half of W has no bias
+            _, weights, biases = groups.setdefault(id(sender), (sender, [], []))
+            slots.append([(id(sender), len(weights))])
+            weights += [we + wr, ke + kr]
+            biases += [be, bke + bkr]
+            continue
         slot = []
         for role, x in (("e", sender), ("r", receiver)):
             _, weights, biases = groups.setdefault(id(x), (x, [], []))
@@ -488,7 +503,15 @@ def predict_kernels(
         key: F.conv2d(x, torch.cat(ws), torch.cat(bs), padding=pred.padding, dilation=pred.dilation).split(k2, 1)
         for key, (x, ws, bs) in groups.items()
     }
-    return [(outs[ge][ie] + outs[gr][ir], outs[ge][ie + 1], outs[gr][ir + 1]) for (ge, ie), (gr, ir) in slots]
+    kernels: list[tuple[Tensor, Tensor, Tensor | None]] = []
+    for slot in slots:
+        if len(slot) == 1:  # sender is receiver
+            ((g, i),) = slot
+            kernels.append((outs[g][i], outs[g][i + 1], None))
+        else:
+            (ge, ie), (gr, ir) = slot
+            kernels.append((outs[ge][ie] + outs[gr][ir], outs[ge][ie + 1], outs[gr][ir + 1]))
+    return kernels
 
 
 class StructuredAttention(nn.Module):
@@ -567,7 +590,7 @@ class StructuredAttention(nn.Module):
         for _ in range(cfg.mf_iters):
             messages = {r: [] for r in cfg.receivers}
             maps = {}
-            kernels: dict[str, list[tuple[Tensor, Tensor, Tensor]]] = {name: [] for name, _, _ in self.pairs}
+            kernels: dict[str, list[tuple[Tensor, Tensor, Tensor | None]]] = {name: [] for name, _, _ in self.pairs}
             todo = [(getattr(self, name), z[s], z[r]) for name, s, r in self.pairs]  # this round's inputs
             for n in range(1, len(cfg.dilations) + 1):
                 for (name, _, _), k in zip(self.pairs, predict_kernels(todo, n), strict=True):

@@ -5,8 +5,9 @@
 (``torch.library.custom_op`` with a registered backward and fake kernel, so ``torch.compile`` traces
 through it without a graph break). Two implementations sit behind it:
 
-- ``torch``: k² shifted products of one padded copy of each input (any device); the backward
-  recomputes the shifts instead of saving k² shifted copies.
+- ``torch``: k² shifted products on channels-last views of the inputs (any device), each tap over the
+  rectangle where its neighbour lies inside the grid (no padded copies); the backward recomputes the
+  products instead of saving k² shifted copies.
 - ``triton``: the fused kernels of :mod:`vista.models.triton_filter`, one launch for the forward and
   one for the backward, no padded or shifted copies at all. On CPU tensors they run in Triton's
   interpreter (for tests: slow, but the same kernel code).
@@ -121,23 +122,30 @@ def _like(t: Tensor, ref: Tensor, dtype: torch.dtype | None = None) -> Tensor:
 
 
 def _evidence_forward(
-    f_e: Tensor, f_r: Tensor, w: Tensor, k_e: Tensor, k_r: Tensor, dilation: int, kernel_size: int
+    f_e: Tensor, f_r: Tensor | None, w: Tensor, k_e: Tensor, k_r: Tensor | None, dilation: int, kernel_size: int
 ) -> tuple[Tensor, Tensor]:
+    """``(S, Φ)``. ``f_r=None``: the receiver is the sender, and ``D(f, K^e) + D(f, K^r) = D(f, K^e + K^r)``
+    is one filter (``k_r=None``: ``k_e`` holds the sum already)."""
     dt = _compute_dtype(f_e)
     xe = _nhwc(f_e, dt, True)  # (B, h, w, C)
-    xr = xe if f_r is f_e else _nhwc(f_r, dt, True)
+    same = f_r is None
+    xr = xe if same else _nhwc(f_r, dt, True)
+    if same and k_r is not None:
+        k_e, k_r = k_e + k_r, None
     ke = _nhwc(torch.stack([w, k_e], 1).flatten(1, 2), dt).unflatten(-1, (2, -1))  # (B, h, w, 2, k²)
-    kr = _nhwc(k_r, dt)  # (B, h, w, k²)
+    kr = None if k_r is None else _nhwc(k_r, dt)  # (B, h, w, k²)
     xe2 = xe.unsqueeze(3)  # (B, h, w, 1, C)
     c = kernel_size * kernel_size // 2  # the centre tap: offset 0, every pixel
     sk = ke[..., c : c + 1] * xe2  # (B, h, w, 2, C): S = D(f_e, W) and D(f_e, K^e), one product per tap
-    p = kr[..., c : c + 1] * xr  # D(f_r, K^r)
+    p = None if kr is None else kr[..., c : c + 1] * xr  # D(f_r, K^r)
     for j, (oy, ox), (sy, sx) in _taps(*xe.shape[1:3], dilation, kernel_size):
         if j != c:
             sk[:, oy, ox].addcmul_(ke[:, oy, ox, :, j : j + 1], xe2[:, sy, sx])
-            p[:, oy, ox].addcmul_(kr[:, oy, ox, j : j + 1], xr[:, sy, sx])
+            if p is not None:
+                p[:, oy, ox].addcmul_(kr[:, oy, ox, j : j + 1], xr[:, sy, sx])
     s = sk[:, :, :, 0]
-    phi = p.add_(sk[:, :, :, 1]).addcmul_(xr, s)
+    phi = sk[:, :, :, 1] if p is None else p.add_(sk[:, :, :, 1])
+    phi = phi.addcmul(xr, s) if p is None else phi.addcmul_(xr, s)
     return _like(s, f_e), _like(phi, f_e)  # (B, C, h, w) each
 
 
@@ -148,39 +156,46 @@ def _evidence_backward(
     f_r: Tensor | None,
     w: Tensor,
     k_e: Tensor,
-    k_r: Tensor,
+    k_r: Tensor | None,
     s: Tensor,
     dilation: int,
     ks: int,
 ) -> tuple[Tensor, Tensor | None, Tensor]:
     """``(g_fe, g_fr, g_K)`` as the Triton backward's. ``f_r=None``: the receiver is the sender, its
-    gradient folded into ``f_e``'s."""
+    gradient folded into ``f_e``'s; ``K^e`` and ``K^r`` then get the same gradient (zero for ``K^r`` when
+    ``k_r=None``: ``k_e`` held the sum)."""
     same = f_r is None
     dt = _compute_dtype(f_e)
     xe = _nhwc(f_e, dt, True)  # (B, h, w, C), channels innermost: the reductions run along them
-    xr = xe if f_r is None else _nhwc(f_r, dt, True)
+    xr = xe if same else _nhwc(f_r, dt, True)
     gs, gphi = (_nhwc(g, dt, True) for g in (g_s, g_phi))
     g_s_total = torch.addcmul(gs, gphi, xr)  # S enters Φ through f_r ⊙ S
-    kw, ke, kr = (_nhwc(k, dt) for k in (w, k_e, k_r))  # (B, h, w, k²)
+    has_kr = k_r is not None
+    if same and has_kr:
+        k_e, k_r = k_e + k_r, None  # one filter, as in the forward
+    kw, ke = _nhwc(w, dt), _nhwc(k_e, dt)  # (B, h, w, k²)
+    kr = None if k_r is None else _nhwc(k_r, dt)
     c = ks * ks // 2
     # inputs: the adjoint of each tap adds kernel ⊙ gradient at the output pixels to the neighbours they read
     g_e = kw[..., c : c + 1] * g_s_total  # (B, h, w, C)
     g_e.addcmul_(ke[..., c : c + 1], gphi)
-    g_r = g_e if same else kr[..., c : c + 1] * gphi
-    if same:
-        g_r.addcmul_(kr[..., c : c + 1], gphi)
+    g_r = g_e if kr is None else kr[..., c : c + 1] * gphi
     # kernels: g_K[j] at each pixel, a dot product over the (contiguous) channels of an upstream gradient
     # and the neighbour of tap j; zero where that neighbour is padding
     g_k = xe.new_zeros(3, *xe.shape[:3], ks * ks)  # (3, B, h, w, k²): g_W, g_Kᵉ, g_Kʳ
     for j, (oy, ox), (sy, sx) in _taps(*xe.shape[1:3], dilation, ks):
-        ne, nr = xe[:, sy, sx], xr[:, sy, sx]
+        ne = xe[:, sy, sx]
         g_k[0, :, oy, ox, j] = (g_s_total[:, oy, ox] * ne).sum(-1)
         g_k[1, :, oy, ox, j] = (gphi[:, oy, ox] * ne).sum(-1)
-        g_k[2, :, oy, ox, j] = (gphi[:, oy, ox] * nr).sum(-1)
+        if not same:
+            g_k[2, :, oy, ox, j] = (gphi[:, oy, ox] * xr[:, sy, sx]).sum(-1)
         if j != c:
             g_e[:, sy, sx].addcmul_(kw[:, oy, ox, j : j + 1], g_s_total[:, oy, ox])
             g_e[:, sy, sx].addcmul_(ke[:, oy, ox, j : j + 1], gphi[:, oy, ox])
-            g_r[:, sy, sx].addcmul_(kr[:, oy, ox, j : j + 1], gphi[:, oy, ox])
+            if kr is not None:
+                g_r[:, sy, sx].addcmul_(kr[:, oy, ox, j : j + 1], gphi[:, oy, ox])
+    if same and has_kr:
+        g_k[2] = g_k[1]
     g_r_direct = gphi * _nhwc(s, dt)
     g_k = g_k.permute(0, 1, 4, 2, 3).to(w.dtype).contiguous()  # (3, B, k², h, w)
     if same:
@@ -232,7 +247,7 @@ def _message_evidence_op(
     f_r: Tensor | None,
     w: Tensor,
     k_e: Tensor,
-    k_r: Tensor,
+    k_r: Tensor | None,
     dilation: int,
     kernel_size: int,
     backend: str,
@@ -240,8 +255,9 @@ def _message_evidence_op(
     if _uses_triton(backend, f_e):
         tf = _triton_module()
         assert tf is not None
+        k_r = torch.zeros_like(k_e) if k_r is None else k_r
         return tf.evidence_forward(f_e, f_r, w, k_e, k_r, dilation, kernel_size)
-    return _evidence_forward(f_e, f_e if f_r is None else f_r, w, k_e, k_r, dilation, kernel_size)
+    return _evidence_forward(f_e, f_r, w, k_e, k_r, dilation, kernel_size)
 
 
 @_message_evidence_op.register_fake
@@ -257,7 +273,7 @@ def _message_evidence_backward_op(
     f_r: Tensor | None,
     w: Tensor,
     k_e: Tensor,
-    k_r: Tensor,
+    k_r: Tensor | None,
     s: Tensor,
     dilation: int,
     kernel_size: int,
@@ -270,6 +286,7 @@ def _message_evidence_backward_op(
         tf = _triton_module()
         assert tf is not None
         g_s, g_phi = g_s.contiguous(), g_phi.contiguous()
+        k_r = torch.zeros_like(k_e) if k_r is None else k_r
         grads = tf.evidence_backward(g_s, g_phi, f_e, f_r, w, k_e, k_r, s, dilation, kernel_size)
     else:
         grads = _evidence_backward(g_s, g_phi, f_e, f_r, w, k_e, k_r, s, dilation, kernel_size)
@@ -292,7 +309,8 @@ def _setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
 def _backward(ctx, g_s: Tensor, g_phi: Tensor) -> tuple[Tensor | None, ...]:  # noqa: ANN001
     f_e, f_r, w, k_e, k_r, s = ctx.saved_tensors
     g_fe, g_fr, g_k = _message_evidence_backward_op(g_s, g_phi, f_e, f_r, w, k_e, k_r, s, *ctx.conf)
-    return g_fe, None if f_r is None else g_fr, *g_k.unbind(0), None, None, None
+    g_w, g_ke, g_kr = g_k.unbind(0)
+    return g_fe, None if f_r is None else g_fr, g_w, g_ke, None if k_r is None else g_kr, None, None, None
 
 
 _message_evidence_op.register_autograd(_backward, setup_context=_setup_context)
@@ -321,7 +339,7 @@ def message_evidence(
     f_r: Tensor,
     w: Tensor,
     k_e: Tensor,
-    k_r: Tensor,
+    k_r: Tensor | None,
     dilation: int,
     kernel_size: int,
     *,
@@ -332,7 +350,9 @@ def message_evidence(
     Args:
         f_e, f_r: sender and receiver ``(B, C, h, w)`` (may be the same tensor).
         w, k_e, k_r: per-pixel kernels ``(B, k², h, w)`` (channel slices of a larger conv output are
-            used in place).
+            used in place). ``k_r=None`` when ``f_r`` is ``f_e``: ``k_e`` then holds ``K^e + K^r`` (the
+            two filters of one feature are one filter; :func:`vista.models.attention.predict_kernels`
+            predicts the sum with one conv).
         dilation, kernel_size: spacing d and size k of the kernel taps.
         backend: ``auto`` (Triton on CUDA when triton imports, shifted products otherwise), ``torch``
             (shifted products) or ``triton`` (fused kernels; on CPU tensors in Triton's interpreter).
@@ -341,12 +361,16 @@ def message_evidence(
         ``(S, Φ)``, each ``(B, C, h, w)``, in the promoted dtype of the inputs. Double backward is not
         supported.
     """
-    dtype = functools.reduce(torch.promote_types, (t.dtype for t in (f_e, f_r, w, k_e, k_r)))
-    same = f_r is f_e  # the sender's neighbours serve all three filters; one input gradient
+    same = f_r is f_e  # the sender's neighbours serve all the filters; one input gradient
+    if k_r is None and not same:
+        raise ValueError("message_evidence: k_r=None (k_e holding K^e + K^r) needs f_r to be f_e")
+    dtype = functools.reduce(torch.promote_types, (t.dtype for t in (f_e, f_r, w, k_e, k_r) if t is not None))
     # the Triton kernels read NCHW; the shifted products take channels-last features as they come (the
     # outputs then have f_e's layout: no NCHW<->NHWC copies around the op in a channels_last model)
     keep = not _uses_triton(backend, f_e)
     f_e, f_r = (_dense(t.to(dtype), keep) for t in (f_e, f_r))
-    w, k_e, k_r = (t.to(dtype) if keep else _per_sample_contiguous(t.to(dtype)) for t in (w, k_e, k_r))
+    w, k_e, k_r = (
+        t if t is None else t.to(dtype) if keep else _per_sample_contiguous(t.to(dtype)) for t in (w, k_e, k_r)
+    )
     f_r_arg = None if same else f_r
     return _message_evidence_op(f_e, f_r_arg, w, k_e, k_r, int(dilation), int(kernel_size), backend)
