@@ -84,3 +84,23 @@ def test_unknown_study_and_metric_fail_before_training() -> None:
     bad = load_params(ROOT / "params.yaml", ["studies.synthetic.metrics=[val/normal/mean]"])
     with pytest.raises(ParamsError, match="lraspp_mnv3 has none of the metrics"):
         study.run(bad, "synthetic", smoke=True)
+
+
+def test_the_recipe_study_trains_the_camvid_recipe_unchanged() -> None:
+    """``camvid_recipe``: every run is the camvid profile as ``vista run --profile camvid`` trains it (the
+    2000-s budget, its model settings), only the model and seed differ; the three models of the headline."""
+    from pipelines import study
+
+    p = load_params(ROOT / "params.yaml")
+    recipe = load_params(ROOT / "params.yaml", profile="camvid")
+    spec = study.study_of(p, "camvid_recipe")
+    assert spec.models == ("vista_r18", "baseline_r18", "cbam_r18") and spec.seeds == (0, 1)
+    for model in spec.models:
+        run = study.run_settings(p.model_dump(mode="json"), spec, "camvid_recipe", model, 1)
+        assert run.model.name == model and run.train.seed == 1
+        assert run.train.time_budget_s == recipe.train.time_budget_s == 2000
+        assert run.data == recipe.data and run.loader == recipe.loader
+        same = ("grid", "width", "decoder_channels", "output_stride", "input_scale", "num_classes", "tasks")
+        assert all(getattr(run.model, k) == getattr(recipe.model, k) for k in same)
+        skip = {"seed", "storage_path", "models_dir", "run_name"}
+        assert {k: v for k, v in run.train if k not in skip} == {k: v for k, v in recipe.train if k not in skip}
