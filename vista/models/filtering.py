@@ -144,8 +144,7 @@ def _evidence_forward(
             if p is not None:
                 p[:, oy, ox].addcmul_(kr[:, oy, ox, j : j + 1], xr[:, sy, sx])
     s = sk[:, :, :, 0]
-    phi = sk[:, :, :, 1] if p is None else p.add_(sk[:, :, :, 1])
-    phi = phi.addcmul(xr, s) if p is None else phi.addcmul_(xr, s)
+    phi = torch.addcmul(sk[:, :, :, 1], xr, s) if p is None else p.add_(sk[:, :, :, 1]).addcmul_(xr, s)
     return _like(s, f_e), _like(phi, f_e)  # (B, C, h, w) each
 
 
@@ -368,7 +367,8 @@ def message_evidence(
     # the Triton kernels read NCHW; the shifted products take channels-last features as they come (the
     # outputs then have f_e's layout: no NCHW<->NHWC copies around the op in a channels_last model)
     keep = not _uses_triton(backend, f_e)
-    f_e, f_r = (_dense(t.to(dtype), keep) for t in (f_e, f_r))
+    f_e = _dense(f_e.to(dtype), keep)
+    f_r = f_e if same else _dense(f_r.to(dtype), keep)
     w, k_e, k_r = (
         t if t is None else t.to(dtype) if keep else _per_sample_contiguous(t.to(dtype)) for t in (w, k_e, k_r)
     )
