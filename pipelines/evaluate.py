@@ -1,7 +1,8 @@
 """Stage `evaluate`: the best model on the evaluation shards -> eval/metrics.json and DVC plots.
 
 Writes exactly:
-- ``eval/metrics.json``: ``{split: {task: {metric: value}}}`` (DVC metrics);
+- ``eval/metrics.json``: ``{split: {task: {metric: value}}}`` (DVC metrics), with segmentation's IoU per
+  class under ``{split: {seg: {iou: {class name: value}}}}``;
 - ``eval/plots/history.csv``: val metrics of the training run at each evaluated epoch, with the training
   wall-clock so far (from the model card);
 - ``eval/plots/confusion.csv``: segmentation confusion matrix as ``actual,predicted,count`` rows.
@@ -15,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.table import Table
 
 from vista.checkpoint import build_trained, model_differences, read_trained
 from vista.config import Params, with_overrides
 from vista.data import shards_location
-from vista.data.webdata import eval_loader
+from vista.data.webdata import eval_loader, load_index
 from vista.engine import evaluate, resolve_device
 from vista.protocol import task_metrics
 
@@ -93,9 +95,10 @@ def run(params: Params, console: Console | None = None) -> dict[str, Any]:
     params = checkpoint_settings(best, trained, params)
     device = resolve_device(params.eval.device)
     model = build_trained(best, state, params).to(device)
-    metrics = task_metrics(params)
+    shards = shards_location(params.data)
+    metrics = task_metrics(params, load_index(shards).get("classes"))
     loader = eval_loader(
-        shards_location(params.data),
+        shards,
         split,
         params.train.batch_size,
         params.loader.num_workers,
@@ -117,6 +120,13 @@ def run(params: Params, console: Console | None = None) -> dict[str, Any]:
             for a in range(cm.shape[0]):
                 for p in range(cm.shape[1]):
                     w.writerow([a, p, int(cm[a, p])])
-    console.print(f"{split}: " + ", ".join(f"{k.split('/', 1)[1]} {v:.4f}" for k, v in results.items()))
+    per_class = {k.rsplit("/", 1)[1]: v for k, v in results.items() if k.startswith(f"{split}/seg/iou/")}
+    summary = {k: v for k, v in results.items() if not k.startswith(f"{split}/seg/iou/")}
+    console.print(f"{split}: " + ", ".join(f"{k.split('/', 1)[1]} {v:.4f}" for k, v in summary.items()))
+    if per_class:
+        table = Table("class", "IoU", title=f"{split} IoU per class")
+        for name, v in sorted(per_class.items(), key=lambda kv: -kv[1]):
+            table.add_row(name, f"{v:.4f}")
+        console.print(table)
     console.print(f"metrics: {EVAL_DIR / 'metrics.json'}  plots: {plots}")
     return results

@@ -8,7 +8,9 @@ not trained again (their model card is reused), so an interrupted study continue
 
 Writes ``<out_dir>/<NAME>/``: ``runs.csv`` (one row per run: final val metrics — the last evaluation,
 not a best-of — epochs, training and total wall-clock, samples/s), ``summary.csv`` and ``table.md``
-(mean ± std over seeds per model) and ``curves.png`` (each metric against training wall-clock seconds).
+(mean ± std over seeds per model) and ``curves.png`` (each metric against training wall-clock seconds);
+for segmentation models also ``per_class.csv`` and a second table in ``table.md``: the final evaluation's
+IoU of each class, models side by side.
 
 ``--smoke`` shrinks the study to seconds for CI: the ``smoke`` profile, the first seed, a few seconds
 of budget, and outputs under ``runs_dir``.
@@ -158,12 +160,29 @@ def run(
                 "wall_s": wall,
                 "samples_per_s": statistics.median(speeds) if speeds else math.nan,
                 **{m: final.get(m, math.nan) for m in study.metrics},
+                "per_class": {k.removeprefix(PER_CLASS): v for k, v in final.items() if k.startswith(PER_CLASS)},
                 "history": card["history"],
             }
         )
     out_dir = Path(study.runs_dir) / name / "results" if smoke else Path(study.out_dir) / name
     write_results(rows, study, name, out_dir, console)
     return rows
+
+
+PER_CLASS = "val/seg/iou/"  # the final evaluation's IoU of each class, when the model segments
+
+
+def per_class_summary(rows: list[dict[str, Any]]) -> tuple[list[str], list[str], dict[tuple[str, str], list[float]]]:
+    """``(classes, models, {(class, model): [IoU of each seed]})`` of the runs' final per-class IoU; classes
+    in the order the first run reports them (the dataset's), a class a run did not report left out of it."""
+    classes = list(dict.fromkeys(c for r in rows for c in r.get("per_class", {})))
+    models = list(dict.fromkeys(r["model"] for r in rows if r.get("per_class")))
+    values = {
+        (c, m): [r["per_class"][c] for r in rows if r["model"] == m and c in r.get("per_class", {})]
+        for c in classes
+        for m in models
+    }
+    return classes, models, values
 
 
 def summarize(rows: list[dict[str, Any]], metrics: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -180,6 +199,13 @@ def summarize(rows: list[dict[str, Any]], metrics: tuple[str, ...]) -> list[dict
     return out
 
 
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return (
+        statistics.fmean(values) if values else math.nan,
+        statistics.stdev(values) if len(values) > 1 else math.nan,
+    )
+
+
 def _pm(mean: float, std: float, digits: int) -> str:
     if math.isnan(mean):
         return "–"
@@ -189,7 +215,7 @@ def _pm(mean: float, std: float, digits: int) -> str:
 def write_results(
     rows: list[dict[str, Any]], study: StudyParams, name: str, out_dir: Path, console: Console
 ) -> dict[str, Path]:
-    """``runs.csv``, ``summary.csv``, ``table.md`` and ``curves.png`` under ``out_dir``."""
+    """``runs.csv``, ``summary.csv``, ``table.md``, ``curves.png`` (and ``per_class.csv``) under ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = study.metrics
     files = {k: out_dir / f for k, f in [("runs", "runs.csv"), ("summary", "summary.csv"), ("table", "table.md")]}
@@ -212,6 +238,21 @@ def write_results(
         cells.append(_pm(r["samples_per_s_mean"], r["samples_per_s_std"], 2))
         lines.append(f"| {' | '.join(cells)} |")
         table.add_row(*cells)
+    classes, models, values = per_class_summary(rows)
+    if classes:  # per-class IoU side by side: one row per class, one column per model (mean ± std over seeds)
+        files["per_class"] = out_dir / "per_class.csv"
+        with open(files["per_class"], "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["class", "model", "runs", "iou_mean", "iou_std"])
+            for (c, m), v in values.items():
+                w.writerow([c, m, len(v), *_mean_std(v)])
+        lines += ["", f"| class | {' | '.join(models)} |", "|" + "---|" * (len(models) + 1)]
+        for c in classes:
+            lines.append(f"| {c} | {' | '.join(_pm(*_mean_std(values[c, m]), 3) for m in models)} |")
+        per = Table("class", *models, title=f"study {name}: val IoU per class (final evaluation)")
+        for c in classes:
+            per.add_row(c, *(_pm(*_mean_std(values[c, m]), 3) for m in models))
+        console.print(per)
     files["table"].write_text("\n".join(lines) + "\n")
     files["curves"] = out_dir / "curves.png"
     plot_curves(rows, metrics, files["curves"], name)

@@ -158,7 +158,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from vista.data.webdata import eval_loader
+    from vista.data.webdata import eval_loader, load_index
 
     params = validate_params(config["params"])
     shards = config["shards"]
@@ -185,7 +185,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     budget = TimeBudget(t.time_budget_s) if t.time_budget_s else None  # resumed below from the checkpoint
     opt, sched, loss_fn, train_data, steps = training_parts(params, model, shards, world, budget)
-    metrics = task_metrics(params)
+    metrics = task_metrics(params, load_index(shards).get("classes"))  # per-class IoU under the classes' names
     skip = params.data.on_bad_sample
     pin = device.type == "cuda"
     val_data = eval_loader(shards, "val", t.batch_size, ld.num_workers, on_bad_sample=skip, pin_memory=pin)
@@ -594,9 +594,9 @@ def run(
 
     init, final = history[0], history[-1]
     table = Table("metric", "at init", f"epoch {final['epoch']}", title=f"val metrics ({params.model.name})")
-    for k, v in init.items():
+    for k in dict.fromkeys([*init, *final]):  # a class's IoU is missing where it was neither labelled nor predicted
         if k.startswith("val/"):
-            table.add_row(k, f"{v:.4f}", f"{final[k]:.4f}")
+            table.add_row(k, *(f"{row[k]:.4f}" if k in row else "–" for row in (init, final)))
     console.print(table)
     console.print(
         f"best ({t.best_metric}, epoch {best['epoch']}): {out / 'best.pt'}  card: {out / 'model_card.json'}  "

@@ -28,6 +28,37 @@ def test_seg_miou_and_pixel_accuracy_by_hand() -> None:
     assert r["miou"].item() == pytest.approx((1 / 3 + 2 / 4 + 1) / 3)
 
 
+def test_seg_iou_per_class_by_hand_under_the_class_names() -> None:
+    target = torch.tensor([[[0, 0, 1, 1], [2, 255, 255, 1]]])
+    pred = torch.tensor([[[0, 1, 1, 1], [2, 2, 0, 0]]])
+    m = SegMetrics(4, ignore_index=255, class_names=["road", "sign/symbol", "sky"])
+    m.update(logits_for(pred, 4), target)
+    r = {k: v.item() for k, v in m.compute().items()}
+    # class 3 is in neither target nor prediction: no IoU, no key; it has no name either (id 3)
+    assert set(r) == {"miou", "pixel_acc", "iou/road", "iou/sign_symbol", "iou/sky"}
+    assert r["iou/road"] == pytest.approx(1 / 3)
+    assert r["iou/sign_symbol"] == pytest.approx(2 / 4)  # "/" would nest the metric key: replaced
+    assert r["iou/sky"] == pytest.approx(1.0)
+    assert r["miou"] == pytest.approx(sum(r[k] for k in r if k.startswith("iou/")) / 3)
+
+
+def test_seg_per_class_keys_are_ids_without_names_and_collect_prefixes_them() -> None:
+    t = torch.tensor([[[0, 2]]])
+    tm = TaskMetrics(("seg",), num_classes=3)
+    tm.update({"seg": logits_for(t, 3)}, {"seg": t})
+    assert tm.compute("val") == {
+        "val/seg/miou": 1.0,
+        "val/seg/pixel_acc": 1.0,
+        "val/seg/iou/0": 1.0,
+        "val/seg/iou/2": 1.0,
+    }
+
+
+def test_seg_class_names_that_collide_are_refused_by_name() -> None:
+    with pytest.raises(ValueError, match=r"\['a_b'\] occur more than once"):
+        SegMetrics(2, class_names=["a/b", "a_b"])
+
+
 def test_seg_classes_absent_everywhere_do_not_count() -> None:
     m = SegMetrics(5, ignore_index=255)
     t = torch.tensor([[[0, 1]]])
@@ -96,4 +127,5 @@ def test_task_metrics_keys_are_split_task_metric() -> None:
     tm.update({"depth": b["depth"], "seg": logits_for(b["seg"], 3), "normal": b["normal"]}, b)
     r = tm.compute("val")
     assert r["val/seg/miou"] == 1.0 and r["val/depth/abs_rel"] == 0.0 and r["val/normal/mean"] < 0.01
-    assert all(k.count("/") == 2 for k in r)
+    per_class = [k for k in r if k.startswith("val/seg/iou/")]  # split/seg/iou/<class>: one level deeper
+    assert per_class and all(k.count("/") == 2 for k in r if k not in per_class)

@@ -58,6 +58,16 @@ def test_study_smoke_runs_every_model_and_writes_the_comparison(
     table = (out / "table.md").read_text()
     assert all(f"| {m} |" in table for m in models) and "| – |" in table
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # per-class IoU of the final evaluation, models side by side (the synthetic dataset's class names)
+    with open(out / "per_class.csv") as f:
+        per = list(csv.DictReader(f))
+    assert {r["model"] for r in per} == set(models)
+    assert {r["class"] for r in per} <= {"floor", "ceiling", "wall", "sphere", "box", "cylinder"}
+    for r in per:
+        row = next(q for q in rows if q["model"] == r["model"])
+        assert float(r["iou_mean"]) == pytest.approx(row["per_class"][r["class"]])
+        assert 0 <= float(r["iou_mean"]) <= 1 and r["runs"] == "1"
+    assert f"| class | {' | '.join(models)} |" in table
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("study-synthetic")

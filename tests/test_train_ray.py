@@ -114,8 +114,15 @@ def test_two_workers_train_checkpoint_and_resume(tmp_path: Path, ray_local, monk
     results = evaluate.run(p2)
     for k, v in results.items():
         assert v == pytest.approx(card2["metrics"][k], rel=1e-5, abs=1e-6), k
+    per_class = {k.rsplit("/", 1)[1]: v for k, v in results.items() if k.startswith("val/seg/iou/")}
+    assert per_class and set(per_class) <= {"floor", "ceiling", "wall", "sphere", "box", "cylinder"}  # names
+    assert results["val/seg/miou"] == pytest.approx(sum(per_class.values()) / len(per_class))
     nested = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert nested["val"]["seg"]["miou"] == results["val/seg/miou"]
+    assert nested["val"]["seg"]["iou"] == per_class
+    # training logged each class's IoU to MLflow at every evaluation, beside the mIoU
+    some = next(iter(per_class))
+    assert run_metrics_history(uri, run.info.run_id, f"val/seg/iou/{some}")
     with open(tmp_path / "eval" / "plots" / "history.csv") as f:
         curve = list(csv.DictReader(f))
     evaluated = [r for r in card2["history"] if "val/seg/miou" in r]

@@ -1,12 +1,14 @@
 """Evaluation metrics as torchmetrics ``Metric``s: their states are sums, so DDP reduction is exact.
 
-Keys follow ``split/task/metric`` once prefixed by :func:`collect` (e.g. ``val/seg/miou``).
+Keys follow ``split/task/metric`` once prefixed by :func:`collect` (e.g. ``val/seg/miou``); the IoU of each
+class is ``split/seg/iou/<class name>`` (e.g. ``val/seg/iou/sky``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -17,13 +19,17 @@ from .losses import valid_depth
 
 
 class SegMetrics(Metric):
-    """mIoU (mean over classes present in prediction or target) and pixel accuracy, ignore index excluded."""
+    """mIoU (mean over classes present in prediction or target) and pixel accuracy, ignore index excluded;
+    and the IoU of each class present, keyed ``iou/<class name>`` (class ids when no names are given)."""
 
     full_state_update = False
 
-    def __init__(self, num_classes: int, ignore_index: int | None = 255) -> None:
+    def __init__(
+        self, num_classes: int, ignore_index: int | None = 255, class_names: Sequence[str] | None = None
+    ) -> None:
         super().__init__()
         self.num_classes = num_classes
+        self.class_names = metric_class_names(class_names, num_classes)
         self.confmat = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index, validate_args=False)
 
     def update(self, logits: Tensor, target: Tensor) -> None:  # (B, K, H, W), (B, H, W)
@@ -37,9 +43,11 @@ class SegMetrics(Metric):
         iou = tp[present] / union[present]
         total = cm.sum()
         nan = cm.new_tensor(math.nan)  # nothing labelled: no score, rather than a zero that looks real
+        per_class = {f"iou/{self.class_names[k]}": tp[k] / union[k] for k in present.nonzero().flatten().tolist()}
         return {
             "miou": iou.mean() if present.any() else nan,
             "pixel_acc": tp.sum() / total if total > 0 else nan,
+            **per_class,  # a class in neither targets nor predictions has no IoU (and no key)
         }
 
     def reset(self) -> None:
@@ -48,6 +56,21 @@ class SegMetrics(Metric):
 
     def confusion_matrix(self) -> Tensor:
         return self.confmat.compute()
+
+
+def metric_class_names(names: Sequence[str] | None, num_classes: int) -> list[str]:
+    """One metric-key-safe name per class id: ``names`` (a dataset's classes) with characters MLflow refuses
+    in a metric name replaced by ``_``; ids past the end of ``names`` (a model with more outputs than the
+    dataset has classes) and unnamed classes are named by their id."""
+    names = list(names or [])
+    out = []
+    for k in range(num_classes):
+        name = re.sub(r"[^\w\-. ]", "_", str(names[k])).strip() if k < len(names) else ""
+        out.append(name or str(k))
+    if len(set(out)) < len(out):
+        dup = sorted({n for n in out if out.count(n) > 1})
+        raise ValueError(f"class names {dup} occur more than once (per-class metric keys must be unique): {names}")
+    return out
 
 
 # Standard evaluation crops, as fractions of the image (they scale with a resized image):
@@ -185,12 +208,13 @@ class TaskMetrics:
         max_depth: float | None = None,
         min_depth: float = 1e-3,
         depth_crop: str | None = None,
+        class_names: Sequence[str] | None = None,
     ) -> None:
         self.metrics: dict[str, Metric] = {}
         if "depth" in tasks:
             self.metrics["depth"] = DepthMetrics(min_depth, max_depth, depth_crop)
         if "seg" in tasks:
-            self.metrics["seg"] = SegMetrics(num_classes, ignore_index)
+            self.metrics["seg"] = SegMetrics(num_classes, ignore_index, class_names)
         if "normal" in tasks:
             self.metrics["normal"] = NormalMetrics()
 

@@ -8,6 +8,7 @@ and they set the metrics unless ``eval.depth_range`` / ``eval.depth_crop`` are s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -45,8 +46,9 @@ def depth_protocol(params: Params) -> DepthProtocol:
     return DepthProtocol(float(lo), float(hi), None if crop == "none" else crop)
 
 
-def task_metrics(params: Params) -> TaskMetrics:
-    """The metrics of every task of ``params.model``, under the run's evaluation protocol."""
+def task_metrics(params: Params, class_names: Sequence[str] | None = None) -> TaskMetrics:
+    """The metrics of every task of ``params.model``, under the run's evaluation protocol; per-class
+    segmentation metrics carry ``class_names`` (the shard index's ``classes``), else class ids."""
     d = depth_protocol(params)
     m = params.model
-    return TaskMetrics(m.tasks, m.num_classes, params.data.ignore_index, d.max_depth, d.min_depth, d.crop)
+    return TaskMetrics(m.tasks, m.num_classes, params.data.ignore_index, d.max_depth, d.min_depth, d.crop, class_names)
