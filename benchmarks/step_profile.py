@@ -254,9 +254,9 @@ def make_batch(params: Any, crop: tuple[int, int]) -> dict[str, Tensor]:
 
 
 def build(params: Any, name: str) -> tuple[nn.Module, Any, Any]:
-    from vista.checkpoint import build_model
     from vista.engine import build_optimizer
     from vista.losses import MultiTaskLoss
+    from vista.recipe import build_model
 
     t = params.train
     p = params.model_copy(update={"model": params.model.model_copy(update={"name": name})})

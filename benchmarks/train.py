@@ -33,9 +33,8 @@ sys.path.insert(0, str(ROOT))
 
 def bare(params, shards: str, epochs: int) -> tuple[float, float]:  # noqa: ANN001
     """(median samples/s over epochs 2.., wall seconds) of a plain loop in this process."""
-    from pipelines.train import training_parts
-    from vista.checkpoint import build_model
     from vista.engine import train_one_epoch
+    from vista.recipe import build_model, training_parts
 
     wall = time.perf_counter()
     params = params.model_copy(update={"train": params.train.model_copy(update={"epochs": epochs})})

@@ -18,12 +18,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from vista.checkpoint import build_trained, model_differences, read_trained
+from vista.checkpoint import read_trained
 from vista.config import Params, with_overrides
 from vista.data import shards_location
 from vista.data.webdata import eval_loader, load_index
 from vista.engine import evaluate, resolve_device
-from vista.protocol import task_metrics
+from vista.recipe import build_trained, model_differences, task_metrics
 
 EVAL_DIR = Path("eval")
 

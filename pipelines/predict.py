@@ -12,12 +12,11 @@ from PIL import Image
 from rich.console import Console
 
 from vista import tracking
-from vista.checkpoint import load_trained
 from vista.config import Params
 from vista.data.sources.base import read_rgb
 from vista.data.torch_dataset import to_tensors
 from vista.engine import resolve_device
-from vista.protocol import model_max_depth
+from vista.recipe import load_trained, model_max_depth
 from vista.visualize import colorize_depth, colorize_normals, colorize_seg
 
 

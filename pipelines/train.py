@@ -33,12 +33,11 @@ from rich.table import Table
 
 from pipelines.ports import free_port
 from vista import tracking
-from vista.checkpoint import build_model, load_checkpoint, save_checkpoint
+from vista.checkpoint import load_checkpoint, save_checkpoint
 from vista.config import Params, project_path, validate_params
 from vista.data import shards_location
-from vista.engine import TimeBudget, build_optimizer, evaluate, poly_schedule, train_one_epoch
-from vista.losses import MultiTaskLoss, median_frequency_weights
-from vista.protocol import model_max_depth, task_metrics
+from vista.engine import TimeBudget, evaluate, train_one_epoch
+from vista.recipe import build_model, model_max_depth, task_metrics, training_parts
 from vista.visualize import colorize_depth, colorize_normals, colorize_seg, denormalize, panel
 
 CHECKPOINT_FILE = "model.pt"
@@ -91,66 +90,6 @@ def worker_nodes(world: int) -> list[str]:
     nodes: list[str] = [""] * world
     torch.distributed.all_gather_object(nodes, node)
     return nodes
-
-
-def seg_class_weights(params: Params, index: dict[str, Any]) -> list[float] | None:
-    """The segmentation loss's class weights that ``train.class_weights`` asks for (``None``: unweighted).
-
-    ``median_freq`` derives them from the class pixel counts the shard stage stored in ``shards.json``.
-    """
-    cw, k = params.train.class_weights, params.model.num_classes
-    if cw == "none" or "seg" not in params.model.tasks:
-        return None
-    if isinstance(cw, tuple):
-        if len(cw) != k:
-            raise ValueError(f"train.class_weights has {len(cw)} values; model.num_classes is {k}")
-        return list(cw)
-    train = index["splits"].get("train", {})
-    if "class_pixels" not in train:
-        raise ValueError(
-            "train.class_weights=median_freq: shards.json has no class statistics (shards written by an older "
-            "version); re-run `vista shard`"
-        )
-    if len(train["class_pixels"]) != k:
-        raise ValueError(f"shards.json counts {len(train['class_pixels'])} classes; model.num_classes is {k}")
-    return median_frequency_weights(train["class_pixels"], train["class_image_pixels"])
-
-
-def training_parts(
-    params: Params, model: torch.nn.Module, shards: str, world: int = 1, budget: TimeBudget | None = None
-) -> tuple[Any, ...]:
-    """``(optimizer, schedule, loss, training stream, steps per epoch and rank)`` of a run — the same for
-    the Ray Train workers and the bare loop of ``benchmarks/train.py``. With a ``budget`` the schedule
-    follows its clock (``train.time_budget_s``)."""
-    from vista.data.transforms import TrainTransform
-    from vista.data.webdata import load_index, train_loader
-
-    t, ld = params.train, params.loader
-    index = load_index(shards)
-    steps = -(-index["splits"]["train"]["samples"] // (world * t.batch_size))
-    opt = build_optimizer(model, t.optimizer, t.lr, t.lr_mult, t.weight_decay, t.momentum, t.eps)
-    sched = poly_schedule(opt, t.epochs * steps, t.poly_power, t.min_lr_ratio, t.warmup, budget)
-    loss_fn = MultiTaskLoss(
-        dict(t.loss_weights), params.data.ignore_index, t.aux_weight, t.normal_loss, seg_class_weights(params, index)
-    )
-    transform = TrainTransform(
-        crop_size=ld.crop_size,
-        scale_range=ld.scale_range,
-        hflip=ld.hflip,
-        color_jitter=ld.color_jitter,
-        ignore_index=params.data.ignore_index,
-    )
-    data = train_loader(
-        shards,
-        t.batch_size,
-        transform,
-        num_workers=ld.num_workers,
-        shuffle_buffer=ld.shuffle_buffer,
-        seed=t.seed,
-        on_bad_sample=params.data.on_bad_sample,
-        pin_memory=next(model.parameters()).is_cuda,
-    )
-    return opt, sched, loss_fn, data, steps
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ import torch
 from vista.config import load_params
 from vista.engine import evaluate
 from vista.metrics import DepthMetrics, TaskMetrics, eval_crop_mask
-from vista.protocol import depth_protocol, model_max_depth, task_metrics
+from vista.recipe import depth_protocol, model_max_depth, task_metrics
 
 
 def test_eigen_crop_on_nyu_resolution_by_hand() -> None:
@@ -82,7 +82,7 @@ def _params(dataset: str, *overrides: str):
 
 @pytest.mark.parametrize(("dataset", "cap", "crop"), [("nyu_depth_v2", 10.0, "eigen"), ("kitti_depth", 80.0, "garg")])
 def test_dataset_values_flow_into_the_model_and_the_metrics(dataset: str, cap: float, crop: str) -> None:
-    from vista.checkpoint import build_model
+    from vista.recipe import build_model
 
     p = _params(dataset, "model.width=16", "model.decoder_channels=16")
     assert p.model.max_depth is None  # params.yaml leaves it to the dataset

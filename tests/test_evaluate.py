@@ -11,8 +11,8 @@ import torch
 
 from pipelines import evaluate, prepare, shard
 from tests.conftest import ROOT, break_sample
-from vista.checkpoint import build_model
 from vista.config import Params, load_params, with_overrides
+from vista.recipe import build_model
 
 pytestmark = pytest.mark.timeout(300)
 

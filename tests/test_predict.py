@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from pipelines.cli import app
 from tests.conftest import ROOT
-from vista.checkpoint import build_model
 from vista.config import load_params
+from vista.recipe import build_model
 
 runner = CliRunner()
 

@@ -15,8 +15,8 @@ from pipelines import register
 from pipelines.cli import app
 from tests.conftest import ROOT
 from vista import tracking
-from vista.checkpoint import build_model
 from vista.config import Params, load_params
+from vista.recipe import build_model
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -16,7 +16,7 @@ def _index(**train: object) -> dict:
 
 
 def test_class_weights_from_the_shard_index() -> None:
-    from pipelines.train import seg_class_weights
+    from vista.recipe import seg_class_weights
 
     p = load_params(ROOT / "params.yaml", ["model.num_classes=3", "train.class_weights=median_freq"])
     index = _index(class_pixels=[80, 20, 10], class_image_pixels=[200, 100, 100])

@@ -16,16 +16,16 @@ import pytest
 import torch
 
 from pipelines import evaluate, prepare, register, shard
-from pipelines.train import data_version, redacted_dump, run_name, training_parts
+from pipelines.train import data_version, redacted_dump, run_name
 from tests.conftest import ROOT
 from tests.ui import VistaUI
 from vista import tracking
-from vista.checkpoint import build_model, save_checkpoint
+from vista.checkpoint import save_checkpoint
 from vista.config import Params, load_params
 from vista.data.webdata import eval_loader
 from vista.engine import evaluate as measure
 from vista.engine import train_one_epoch
-from vista.protocol import task_metrics
+from vista.recipe import build_model, task_metrics, training_parts
 
 pytestmark = pytest.mark.timeout(300)
 

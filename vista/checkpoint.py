@@ -69,29 +69,6 @@ def load_checkpoint(
     return state
 
 
-def build_model(params: Any) -> nn.Module:
-    """The network that ``params.model`` (a :class:`vista.config.Params`) describes, randomly initialised
-    (or with ImageNet weights when ``model.pretrained``)."""
-    from vista.models import create_model
-    from vista.protocol import model_max_depth
-
-    m = params.model
-    return create_model(
-        m.name,
-        tasks=m.tasks,
-        num_classes=m.num_classes,
-        max_depth=model_max_depth(params),
-        pretrained=m.pretrained,
-        output_stride=m.output_stride,
-        grid=m.grid,
-        width=m.width,
-        decoder_channels=m.decoder_channels,
-        aux_head=m.aux_head,
-        input_scale=m.input_scale,
-        attention=m.attention.overrides(),
-    )
-
-
 def read_trained(path: str | os.PathLike[str]) -> tuple[dict[str, Any], Any]:
     """``(state, params)`` of a checkpoint that training wrote (``models/best.pt``: weights + the
     :class:`vista.config.Params` they were trained with); errors name the file."""
@@ -107,37 +84,3 @@ def read_trained(path: str | os.PathLike[str]) -> tuple[dict[str, Any], Any]:
     if not isinstance(state, dict) or "params" not in state or "model" not in state:
         raise ValueError(f"{path}: not a vista checkpoint (needs 'model' and 'params')")
     return state, validate_params(state["params"])
-
-
-def build_trained(path: str | os.PathLike[str], state: dict[str, Any], params: Any) -> nn.Module:
-    """The network of ``params`` with the checkpoint's weights, in eval mode."""
-    model = build_model(params)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as err:
-        raise ValueError(f"{path}: weights do not fit the model in its params ({str(err)[:300]})") from None
-    return model.eval()
-
-
-def load_trained(path: str | os.PathLike[str]) -> tuple[nn.Module, Any]:
-    """A trained model in eval mode and its :class:`vista.config.Params`, from a checkpoint that training
-    wrote (``models/best.pt``: weights + the params they were trained with)."""
-    state, params = read_trained(path)
-    return build_trained(path, state, params), params
-
-
-# model settings that only change how a trained network is run, not what it is
-EVAL_TIME_MODEL_KEYS = frozenset({"input_scale", "pretrained"})
-
-
-def model_differences(trained: Any, current: Any) -> dict[str, tuple[Any, Any]]:
-    """``{setting: (trained value, current value)}`` for the settings that define the network and its
-    outputs (``model.*`` but for :data:`EVAL_TIME_MODEL_KEYS`, and ``data.dataset``) where two
-    :class:`vista.config.Params` disagree."""
-    from vista.config import flatten
-
-    a = flatten(trained.model.model_dump(mode="json"), "model.")
-    b = flatten(current.model.model_dump(mode="json"), "model.")
-    a["data.dataset"], b["data.dataset"] = trained.data.dataset, current.data.dataset
-    skip = {f"model.{k}" for k in EVAL_TIME_MODEL_KEYS}
-    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if k not in skip and a.get(k) != b.get(k)}

@@ -27,7 +27,7 @@ class VistaPyfunc(PythonModel):
     _skip_type_hint_validation = True  # mlflow: the signature validates inputs, not type hints
 
     def load_context(self, context):  # type: ignore[no-untyped-def]
-        from vista.checkpoint import load_trained
+        from vista.recipe import load_trained
 
         self.model, self.params = load_trained(context.artifacts[CHECKPOINT_ARTIFACT])
 
