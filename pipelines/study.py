@@ -30,6 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vista.config import Params, ParamsError, StudyParams, with_overrides
+from vista.recipe import settings_digest
 
 from . import train as train_stage
 
@@ -71,7 +72,7 @@ def run_settings(
     changes.update({"model.name": model, "train.seed": seed, "tracking.experiment": f"study-{name}"})
     changes.update({"train.storage_path": str(runs / "ray"), "train.models_dir": str(runs / f"{model}-s{seed}")})
     params = with_overrides(base, changes)
-    digest = train_stage.run_name(params).rsplit("_", 1)[-1]
+    digest = settings_digest(params)
     return with_overrides(params.model_dump(mode="json"), {"train.run_name": f"{name}-{model}-s{seed}-{digest}"})
 
 

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -36,43 +35,14 @@ from vista import tracking
 from vista.checkpoint import load_checkpoint, save_checkpoint
 from vista.config import Params, project_path, validate_params
 from vista.data import shards_location
+from vista.data.webdata import data_version
 from vista.engine import TimeBudget, evaluate, train_one_epoch
-from vista.recipe import build_model, model_max_depth, task_metrics, training_parts
+from vista.recipe import build_model, model_max_depth, run_name, task_metrics, training_parts
 from vista.visualize import colorize_depth, colorize_normals, colorize_seg, denormalize, panel
 
 CHECKPOINT_FILE = "model.pt"
 SCORE_KEY = "checkpoint/score"  # train.best_metric, NaN on epochs without an evaluation
 NODES_TAG = "vista.worker_nodes"  # MLflow tag: the Ray node id of each rank (JSON list, index = rank)
-
-
-def run_name(params: Params) -> str:
-    """``<model>_<dataset>_<hash>``: the same settings give the same name, so a re-run resumes its run.
-
-    Settings that do not change what a finished epoch means (epochs, failures, storage) are left out, so
-    raising ``train.epochs`` continues a finished run.
-    """
-    if params.train.run_name:
-        return params.train.run_name
-    tree = params.model_dump(mode="json", include={"model", "data", "shard", "loader", "train"})
-    for key in ("epochs", "max_failures", "storage_path", "keep_checkpoints", "run_name", "models_dir"):
-        tree["train"].pop(key, None)
-    digest = hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:8]
-    return f"{params.model.name}_{params.data.dataset}_{digest}"
-
-
-def redacted_dump(params: Params) -> dict[str, Any]:
-    """The settings as JSON, with credentials removed from the tracking URI (checkpoints store this)."""
-    tree = params.model_dump(mode="json")
-    if tree["tracking"]["uri"]:
-        tree["tracking"]["uri"] = tracking.redact(tree["tracking"]["uri"])
-    return tree
-
-
-def data_version(shards: str) -> str:
-    """sha256 of ``shards.json``: names exactly the data a model saw."""
-    from vista.data.webdata import read_index
-
-    return hashlib.sha256(read_index(shards)).hexdigest()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -341,7 +311,7 @@ def fit(
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
-            "params": redacted_dump(params),  # what checkpoints and cards store
+            "params": tracking.redacted_dump(params),  # what checkpoints and cards store
             "shards": shards,
             "tracking_uri": worker_uri,
             "mlflow_run_id": mlflow_run[1] if mlflow_run else None,

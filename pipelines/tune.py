@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -30,23 +29,13 @@ from rich.table import Table
 
 from vista import tracking
 from vista.config import Params, ParamsError, validate_params, with_overrides
+from vista.recipe import sweep_name
 
 from . import train as train_stage
 
 RESULTS_FILE = "results.parquet"
 BEST_FILE = "best_params.yaml"
 PLOT_DPI = 100
-
-
-def sweep_name(params: Params) -> str:
-    """``sweep_<model>_<hash>`` of everything a trial's results depend on (not the trial count)."""
-    if params.tune.name:
-        return params.tune.name
-    tree = params.model_dump(mode="json", include={"model", "data", "shard", "loader", "train", "tune"})
-    for key in ("num_samples", "max_concurrent_trials", "name", "out_dir", "storage_path"):
-        tree["tune"].pop(key, None)
-    digest = hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:8]
-    return f"sweep_{params.model.name}_{digest}"
 
 
 def metric_and_mode(params: Params) -> tuple[str, str]:
@@ -61,7 +50,7 @@ def trial_params(base: dict[str, Any], overrides: dict[str, Any]) -> Params:
 def base_tree(params: Params) -> dict[str, Any]:
     """What every trial starts from: the settings with the sweep's per-trial scaling applied, and local
     paths made absolute (a trial runs in its own working directory, not the project's)."""
-    tree = train_stage.redacted_dump(params)
+    tree = tracking.redacted_dump(params)
     for section, key in (("data", "root"), ("data", "prepared_dir"), ("data", "shards_dir"), ("train", "models_dir")):
         value = tree[section][key]
         if value and "://" not in value:

@@ -59,11 +59,10 @@ def test_dataset_source_is_stored_redacted(tmp_path: Path) -> None:
 
 
 def test_checkpoint_settings_are_redacted() -> None:
-    from pipelines import train
     from vista.config import load_params
 
     p = load_params(ROOT / "params.yaml", [f"tracking.uri={SECRET_URI}"], profile="smoke")
-    tree = train.redacted_dump(p)
+    tree = tracking.redacted_dump(p)
     assert "s3cr3t" not in repr(tree) and tree["tracking"]["uri"] == "http://***@127.0.0.1:9"
     assert p.tracking.uri == SECRET_URI  # the live settings keep what the client needs
 

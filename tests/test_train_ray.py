@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from tests.conftest import ROOT, break_sample
+from vista import recipe
 from vista.config import load_params
+from vista.data.webdata import data_version
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -67,14 +69,14 @@ def test_two_workers_train_checkpoint_and_resume(tmp_path: Path, ray_local, monk
     prepare.run(p)
     shard.run(p)
     card = train.run(p)
-    run_dir = tmp_path / "ray" / train.run_name(p)
+    run_dir = tmp_path / "ray" / recipe.run_name(p)
     assert len(checkpoints(run_dir)) == 1
     assert [h["epoch"] for h in card["history"]] == [0, 1]
     best = torch.load(tmp_path / "models" / "best.pt", weights_only=True)
     assert best["epoch"] == 1 and "val/seg/miou" in best["metrics"]
     assert (tmp_path / "models" / "samples.png").is_file()
     saved = json.loads((tmp_path / "models" / "model_card.json").read_text())
-    assert saved["data"]["version"] == train.data_version(tmp_path / "shards" / "synthetic")
+    assert saved["data"]["version"] == data_version(tmp_path / "shards" / "synthetic")
 
     (run,) = mlflow_runs(uri)
     assert run.data.params["model.name"] == "vista_r18" and run.data.params["train.epochs"] == "1"
@@ -96,7 +98,7 @@ def test_two_workers_train_checkpoint_and_resume(tmp_path: Path, ray_local, monk
 
     # the same settings with more epochs resume the same run from its last checkpoint
     p2 = smoke(tmp_path, "train.epochs=2", "tracking.system_metrics_s=0.5")
-    assert train.run_name(p2) == train.run_name(p)
+    assert recipe.run_name(p2) == recipe.run_name(p)
     card2 = train.run(p2)
     assert [h["epoch"] for h in card2["history"]] == [0, 1, 2]
     assert card2["history"][1] == card["history"][1]  # epoch 1 was not trained again
@@ -156,11 +158,11 @@ def test_two_workers_train_checkpoint_and_resume(tmp_path: Path, ray_local, monk
     assert training["epoch"] == card2["best_epoch"] and "train/loss" in training
     assert training["val/seg/miou"] == pytest.approx(card2["metrics"]["val/seg/miou"])
     assert f"trained on **synthetic** (data version `{data.dataset.digest}`)" in version.description
-    assert f"run `{train.run_name(p2)}`" in version.description and "promoted to champion" in version.description
+    assert f"run `{recipe.run_name(p2)}`" in version.description and "promoted to champion" in version.description
     assert "`@champion`: version 1" in MlflowClient(uri).get_registered_model("vista").description
 
     # other settings: another run
-    assert train.run_name(smoke(tmp_path, "train.lr=1e-3")) != train.run_name(p)
+    assert recipe.run_name(smoke(tmp_path, "train.lr=1e-3")) != recipe.run_name(p)
 
 
 def test_checkpoint_retention_ranks_unevaluated_epochs_last(
@@ -208,7 +210,7 @@ def test_checkpoint_retention_ranks_unevaluated_epochs_last(
     out = capfd.readouterr()
     for printed in (text, out.out, out.err):
         assert "Reporting training result" not in printed and "'train/loss':" not in printed
-    run_dir = tmp_path / "ray" / train.run_name(p)
+    run_dir = tmp_path / "ray" / recipe.run_name(p)
     kept = {torch.load(d / train.CHECKPOINT_FILE, weights_only=True)["epoch"] for d in checkpoints(run_dir)}
     assert kept == {min(scores, key=scores.get), 3}
     best = torch.load(tmp_path / "models" / "best.pt", weights_only=True)

@@ -224,7 +224,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(shards: Pat
     cmd += [a for s in sets for a in ("--set", s)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     p = load_params(ROOT / "params.yaml", sets, profile="smoke")
-    from pipelines.tune import sweep_name
+    from vista.recipe import sweep_name
 
     uri = os.environ["MLFLOW_TRACKING_URI"]
     proc = subprocess.Popen(cmd, cwd=shards, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

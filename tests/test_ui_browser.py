@@ -16,16 +16,16 @@ import pytest
 import torch
 
 from pipelines import evaluate, prepare, register, shard
-from pipelines.train import data_version, redacted_dump, run_name
 from tests.conftest import ROOT
 from tests.ui import VistaUI
 from vista import tracking
 from vista.checkpoint import save_checkpoint
 from vista.config import Params, load_params
-from vista.data.webdata import eval_loader
+from vista.data.webdata import data_version, eval_loader
 from vista.engine import evaluate as measure
 from vista.engine import train_one_epoch
-from vista.recipe import build_model, task_metrics, training_parts
+from vista.recipe import build_model, run_name, task_metrics, training_parts
+from vista.tracking import redacted_dump
 
 pytestmark = pytest.mark.timeout(300)
 

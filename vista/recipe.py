@@ -5,16 +5,21 @@ stages, the benchmarks and users' own loops alike.
   :func:`load_trained`) and which settings define it (:func:`model_differences`);
 - the evaluation protocol (:func:`depth_protocol`, :func:`task_metrics`, :func:`model_max_depth`);
 - the training parts (:func:`training_parts`: optimiser, schedule, loss with its class weights, the
-  training stream).
+  training stream);
+- the names of runs and sweeps, from one settings digest (:func:`settings_digest`, :func:`run_name`,
+  :func:`sweep_name`).
 
-The evaluation protocol is resolved from the settings and the dataset's own conventions. Depth is measured as the field does for each dataset: NYU Depth v2 inside the Eigen crop over
-0.001–10 m, KITTI inside the Garg crop over 0.001–80 m (the adapters' ``min_depth``, ``max_depth``,
-``eval_crop``). Those values also cap the depth head (``max_depth · σ``) unless ``model.max_depth`` is set,
-and they set the metrics unless ``eval.depth_range`` / ``eval.depth_crop`` are set.
+The evaluation protocol is resolved from the settings and the dataset's own conventions. Depth is measured
+as the field does for each dataset: NYU Depth v2 inside the Eigen crop over 0.001–10 m, KITTI inside the
+Garg crop over 0.001–80 m (the adapters' ``min_depth``, ``max_depth``, ``eval_crop``). Those values also cap
+the depth head (``max_depth · σ``) unless ``model.max_depth`` is set, and they set the metrics unless
+``eval.depth_range`` / ``eval.depth_crop`` are set.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +34,44 @@ from .data.sources.base import source_class
 from .engine import TimeBudget, build_optimizer, poly_schedule
 from .losses import MultiTaskLoss, median_frequency_weights
 from .metrics import TaskMetrics
+
+# settings that do not change what a finished epoch means: a run with more epochs, another failure
+# budget or other storage continues the same run
+RUN_SECTIONS = ("model", "data", "shard", "loader", "train")
+RUN_IGNORED = {"train": ("epochs", "max_failures", "storage_path", "keep_checkpoints", "run_name", "models_dir")}
+# a sweep also depends on its search (not on how many trials, how many at once, or where they are stored)
+SWEEP_SECTIONS = (*RUN_SECTIONS, "tune")
+SWEEP_IGNORED = {"tune": ("num_samples", "max_concurrent_trials", "name", "out_dir", "storage_path")}
+
+
+def settings_digest(
+    params: Params, sections: Sequence[str] = RUN_SECTIONS, ignored: dict[str, Sequence[str]] = RUN_IGNORED
+) -> str:
+    """8 hex digits of the sha256 of the settings in ``sections``, less the ``ignored`` keys: the same
+    settings give the same digest (it names runs and sweeps, so that a re-run resumes its own)."""
+    tree = params.model_dump(mode="json", include=set(sections))
+    for section, keys in ignored.items():
+        for key in keys:
+            tree[section].pop(key, None)
+    return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def run_name(params: Params) -> str:
+    """``<model>_<dataset>_<digest>`` (:func:`settings_digest`), or ``train.run_name`` when set: the same
+    settings give the same name, so a re-run resumes its run; raising ``train.epochs`` continues a
+    finished one."""
+    if params.train.run_name:
+        return params.train.run_name
+    return f"{params.model.name}_{params.data.dataset}_{settings_digest(params)}"
+
+
+def sweep_name(params: Params) -> str:
+    """``sweep_<model>_<digest>`` of everything a trial's results depend on (not the trial count), or
+    ``tune.name`` when set."""
+    if params.tune.name:
+        return params.tune.name
+    return f"sweep_{params.model.name}_{settings_digest(params, SWEEP_SECTIONS, SWEEP_IGNORED)}"
+
 
 DEFAULT_MAX_DEPTH = 10.0  # datasets without a depth cap of their own (and without depth)
 

@@ -53,6 +53,14 @@ def redact(text: str) -> str:
     return _USERINFO.sub("***@", text)
 
 
+def redacted_dump(params: Any) -> dict[str, Any]:
+    """The settings as JSON, with credentials removed from the tracking URI (checkpoints store this)."""
+    tree = params.model_dump(mode="json")
+    if tree["tracking"]["uri"]:
+        tree["tracking"]["uri"] = redact(tree["tracking"]["uri"])
+    return tree
+
+
 def for_workers(uri: str) -> str:
     """The tracking URI to hand to Ray (task arguments, Tune's saved sweep state): ``uri`` itself when
     it has no credentials; otherwise its redacted form, with the real one exported as

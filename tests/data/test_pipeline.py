@@ -422,7 +422,8 @@ def test_shards_over_http(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
         assert keys == local and len(keys) == 5
 
         # training takes data.shards_dir as a URL prefix (shards on object storage, multi-node)
-        from pipelines.train import data_version, require_shards
+        from pipelines.train import require_shards
+        from vista.data.webdata import data_version
 
         www = tmp_path / "www"
         www.mkdir()

@@ -68,6 +68,11 @@ def read_index(location: str) -> bytes:
         raise OSError(f"{where}: cannot read the shard index ({err})") from None
 
 
+def data_version(shards: str) -> str:
+    """sha256 of ``shards.json``: names exactly the data a model saw."""
+    return hashlib.sha256(read_index(shards)).hexdigest()
+
+
 def load_index(location: str) -> dict[str, Any]:
     """``shards.json`` of a local folder or URL prefix."""
     where = f"{str(location).rstrip('/')}/shards.json"
