@@ -1,7 +1,7 @@
 """Training throughput (samples/s) of one model on one dataset through three paths, in one run:
 
 - ``bare``: a plain PyTorch loop in this process (``vista.engine.train_one_epoch`` over the shard reader);
-- ``ray x1``: the Ray Train path of ``vista train`` (``pipelines.train.fit``) with 1 worker;
+- ``ray x1``: the Ray Train path of ``vista train`` (``pipelines.ray_train.fit``) with 1 worker;
 - ``ray x2``: the same with 2 workers (DDP, gloo on CPU).
 
 Each path trains ``--epochs`` epochs of the same model, data, batch size and seed. Throughput is the
@@ -55,8 +55,8 @@ def bare(params, shards: str, epochs: int) -> tuple[float, float]:  # noqa: ANN0
 
 
 def ray_path(params, workers: int, cpus: int, epochs: int, storage: str) -> tuple[float, float]:  # noqa: ANN001
-    """(median samples/s over epochs 2.., wall seconds of fit) through ``pipelines.train.fit``."""
-    from pipelines.train import CHECKPOINT_FILE, checkpoint_files, fit
+    """(median samples/s over epochs 2.., wall seconds of fit) through ``pipelines.ray_train.fit``."""
+    from pipelines.ray_train import CHECKPOINT_FILE, checkpoint_files, fit
 
     train = params.train.model_copy(
         update={
@@ -92,7 +92,7 @@ def main() -> None:
     import ray
 
     from pipelines import prepare, shard
-    from pipelines.train import require_shards
+    from pipelines.ray_train import require_shards
     from vista.config import load_params
 
     os.chdir(ROOT)

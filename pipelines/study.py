@@ -32,6 +32,7 @@ from rich.table import Table
 from vista.config import Params, ParamsError, StudyParams, with_overrides
 from vista.recipe import settings_digest
 
+from . import ray_train
 from . import train as train_stage
 
 SMOKE = {"train.time_budget_s": 3.0, "train.epochs": 20, "train.eval_every": 1, "tracking.log_images": 0}
@@ -81,7 +82,7 @@ def _ensure_shards(params: Params, console: Console) -> None:
     from . import prepare, shard
 
     try:
-        train_stage.require_shards(params)
+        ray_train.require_shards(params)
     except FileNotFoundError:
         console.print(f"no shards of {params.data.dataset} yet: preparing and sharding them first")
         prepare.run(params, console)

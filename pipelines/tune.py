@@ -1,7 +1,7 @@
 """`vista tune` (DVC stage `tune`, beside the main path): a Ray Tune sweep over settings of params.yaml.
 
 - Each trial is a Tune function trainable that applies its sampled values (dotted keys of params.yaml) to
-  the base settings, re-validates them, and fits the Ray Train driver of ``pipelines.train`` (Train V2:
+  the base settings, re-validates them, and fits the Ray Train driver of ``pipelines.ray_train`` (Train V2:
   ``TorchTrainer`` inside the trial, ``TuneReportCallback`` forwarding each epoch's report), so ASHA sees
   every epoch and can stop weak trials early.
 - Searchers: random (``BasicVariantGenerator``, also expands ``grid``) or Optuna TPE; scheduler ASHA on the
@@ -31,6 +31,7 @@ from vista import tracking
 from vista.config import Params, ParamsError, validate_params, with_overrides
 from vista.recipe import sweep_name
 
+from . import ray_train
 from . import train as train_stage
 
 RESULTS_FILE = "results.parquet"
@@ -111,7 +112,7 @@ def run_trial(config: dict[str, Any]) -> None:
     # how many times this trial's function started: > 1 when a restored sweep resumed it
     attempt = len(tracking.run_metrics_history(uri, run_id, "tune/attempt")) + 1
     tracking.log_metrics(uri, run_id, {"tune/attempt": attempt}, step=attempt)
-    result, _ = train_stage.fit(
+    result, _ = ray_train.fit(
         params,
         (uri, run_id),
         name=trial_id,
@@ -153,9 +154,9 @@ def run(params: Params, console: Console | None = None) -> dict[str, Any]:
 
     check_metric_key(metric, params.model.tasks, "tune.metric")
     train_stage.preflight(params)
-    train_stage.require_shards(params)
+    ray_train.require_shards(params)
     name = sweep_name(params)
-    storage = train_stage.storage_location(tp.storage_path)
+    storage = ray_train.storage_location(tp.storage_path)
     uri = tracking.tracking_uri(params.tracking.uri)
     tracking.check_server(uri)
     experiment = params.experiment_name()  # the trials' too, whatever they sweep (child runs nest in the parent's)
@@ -171,7 +172,7 @@ def run(params: Params, console: Console | None = None) -> dict[str, Any]:
     # driver loses no finished trial
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     worker_uri = tracking.for_workers(uri)  # Tune saves the config on disk: no credentials in it
-    train_stage._ray_init(verbose=True)  # as before: Tune's reporter shows the trials, not the epoch feed
+    ray_train.ray_init(verbose=True)  # as before: Tune's reporter shows the trials, not the epoch feed
     config = {
         "overrides": search_space(params),
         "base": base_tree(params),

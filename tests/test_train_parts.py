@@ -39,19 +39,19 @@ def test_ray_is_quiet_unless_verbose(monkeypatch: pytest.MonkeyPatch, address: s
 
     import ray
 
-    from pipelines import train
+    from pipelines import ray_train
 
     calls: list[dict] = []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
-    for var in ("RAY_API_SERVER_ADDRESS", "RAY_AUTH_MODE"):  # _ray_init sets them: restored after the test
+    for var in ("RAY_API_SERVER_ADDRESS", "RAY_AUTH_MODE"):  # ray_init sets them: restored after the test
         monkeypatch.setenv(var, "x")
     if address:
         monkeypatch.setenv("RAY_ADDRESS", address)
     else:
         monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    train._ray_init()
-    train._ray_init(verbose=True)
+    ray_train.ray_init()
+    ray_train.ray_init(verbose=True)
     quiet, verbose = calls
     assert quiet["log_to_driver"] is False and quiet["logging_level"] == logging.WARNING
     assert verbose["log_to_driver"] is True and verbose["logging_level"] == logging.INFO
@@ -83,7 +83,7 @@ def test_free_ports_come_from_below_the_ephemeral_range(monkeypatch: pytest.Monk
 def test_ray_storage_folder_is_anchored_at_the_dvc_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """train.storage_path / tune.storage_path: a relative folder from $DVC_ROOT when DVC runs the stage (so a
     --temp or queued experiment keeps its Ray run in the project), else from the working directory."""
-    from pipelines.train import storage_location
+    from pipelines.ray_train import storage_location
 
     project = tmp_path.resolve()
     copy = project / ".dvc" / "tmp" / "exps" / "tmp1"
@@ -107,7 +107,7 @@ def test_two_processes_restoring_one_remote_checkpoint_never_share_its_files(tmp
     import torch
     from ray.train import Checkpoint
 
-    from pipelines.train import checkpoint_files
+    from pipelines.ray_train import checkpoint_files
 
     store = tmp_path / "bucket"
     (store / "ckpt").mkdir(parents=True)

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.timeout(600)
 def ray_local(tmp_path_factory: pytest.TempPathFactory):
     import ray
 
-    from pipelines.train import ray_logging
+    from pipelines.ray_train import ray_logging
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     tmp = Path("/tmp") / f"vr{os.getpid()}"  # Ray's socket paths must stay short
@@ -59,7 +59,7 @@ def mlflow_runs(uri: str) -> list:
 
 
 def test_two_workers_train_checkpoint_and_resume(tmp_path: Path, ray_local, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipelines import prepare, shard, train
+    from pipelines import prepare, ray_train, shard, train
     from vista.tracking import run_metrics_history
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -104,7 +104,7 @@ def test_two_workers_train_checkpoint_and_resume(tmp_path: Path, ray_local, monk
     assert card2["history"][1] == card["history"][1]  # epoch 1 was not trained again
     # retention (train.keep_checkpoints=1): the best evaluated epoch and the latest, nothing else
     scores = {h["epoch"]: h["val/seg/miou"] for h in card2["history"][1:]}
-    kept = {torch.load(d / train.CHECKPOINT_FILE, weights_only=True)["epoch"] for d in checkpoints(run_dir)}
+    kept = {torch.load(d / ray_train.CHECKPOINT_FILE, weights_only=True)["epoch"] for d in checkpoints(run_dir)}
     assert kept == {max(scores, key=scores.get), 2}
     (run,) = mlflow_runs(uri)  # still one MLflow run, with one continuous history
     assert [s for s, _ in run_metrics_history(uri, run.info.run_id, "val/seg/miou")] == [0, 1, 2]
@@ -177,7 +177,7 @@ def test_checkpoint_retention_ranks_unevaluated_epochs_last(
 
     from rich.console import Console
 
-    from pipelines import prepare, shard, train
+    from pipelines import prepare, ray_train, shard, train
     from vista.tracking import run_metrics_history
 
     uri = "sqlite:///" + str(tmp_path / "mlflow.db")
@@ -211,7 +211,7 @@ def test_checkpoint_retention_ranks_unevaluated_epochs_last(
     for printed in (text, out.out, out.err):
         assert "Reporting training result" not in printed and "'train/loss':" not in printed
     run_dir = tmp_path / "ray" / recipe.run_name(p)
-    kept = {torch.load(d / train.CHECKPOINT_FILE, weights_only=True)["epoch"] for d in checkpoints(run_dir)}
+    kept = {torch.load(d / ray_train.CHECKPOINT_FILE, weights_only=True)["epoch"] for d in checkpoints(run_dir)}
     assert kept == {min(scores, key=scores.get), 3}
     best = torch.load(tmp_path / "models" / "best.pt", weights_only=True)
     assert best["epoch"] == min(scores, key=scores.get)

@@ -6,11 +6,17 @@ Used for sample predictions in experiment tracking and by prediction tools. Inpu
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 import torch
 from matplotlib import colormaps
 
 from .data.torch_dataset import IMAGENET_MEAN, IMAGENET_STD
+
+if TYPE_CHECKING:
+    from .config import Params
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -78,3 +84,48 @@ def colorize_normals(normal: ArrayLike) -> np.ndarray:
 def panel(images: list[np.ndarray]) -> np.ndarray:
     """Images of one height side by side (uint8 H×ΣW×3)."""
     return np.concatenate(images, axis=1)
+
+
+def first_batch(loader: Any) -> dict[str, Any]:
+    """The first batch that holds samples (with ``data.on_bad_sample: skip`` one may hold only the names
+    of dropped samples)."""
+    for batch in loader:
+        if "rgb" in batch:
+            return batch
+    raise ValueError("the val split has no usable sample")
+
+
+@torch.no_grad()
+def prediction_panels(model: torch.nn.Module, batch: dict[str, Any], params: Params) -> list[np.ndarray]:
+    """One uint8 image per sample: the input, then prediction and ground truth of each task."""
+    model.eval()
+    pred = model(batch["rgb"])
+    from .recipe import model_max_depth
+
+    m = params.model
+    cap = model_max_depth(params)
+    rows = []
+    for i in range(batch["rgb"].shape[0]):
+        image = denormalize(batch["rgb"][i])
+        row = [image]
+        if "depth" in pred:
+            row += [colorize_depth(pred["depth"][i], cap), colorize_depth(batch["depth"][i], cap)]
+        if "seg" in pred:
+            row += [
+                colorize_seg(pred["seg"][i], m.num_classes, image),
+                colorize_seg(batch["seg"][i], m.num_classes, image),
+            ]
+        if "normal" in pred:
+            row += [colorize_normals(pred["normal"][i]), colorize_normals(batch["normal"][i])]
+        rows.append(panel(row))
+    return rows
+
+
+def save_samples(model: torch.nn.Module, shards: str, params: Params, path: Path, n: int = 4) -> None:
+    """The prediction panels of the first ``n`` val images, stacked, as a PNG."""
+    from PIL import Image
+
+    from .data.webdata import eval_loader
+
+    batch = first_batch(eval_loader(shards, "val", n, on_bad_sample=params.data.on_bad_sample))
+    Image.fromarray(np.concatenate(prediction_panels(model, batch, params), axis=0)).save(path)

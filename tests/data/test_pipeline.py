@@ -422,7 +422,7 @@ def test_shards_over_http(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
         assert keys == local and len(keys) == 5
 
         # training takes data.shards_dir as a URL prefix (shards on object storage, multi-node)
-        from pipelines.train import require_shards
+        from pipelines.ray_train import require_shards
         from vista.data.webdata import data_version
 
         www = tmp_path / "www"

@@ -1,0 +1,349 @@
+"""Ray Train for vista: the driver's :func:`fit` and the per-worker loop, shared by the train stage,
+sweeps, studies and the benchmarks.
+
+- One worker per DDP rank (gloo on CPU, NCCL on GPU), from ``params.train`` (workers, use_gpu,
+  resources_per_worker). Each worker re-validates the params, reads the shards with ``vista.data.webdata``
+  and runs ``vista.engine``; Ray adds only workers, devices, reports and checkpoints.
+- Every epoch: ``ray.train.report`` with metrics keyed ``split/task/metric`` and a checkpoint from rank 0.
+  Epoch 0 is the evaluation at initialisation.
+- Resume: worker failures restart from the last checkpoint (``FailureConfig(max_failures)``); re-running
+  with the same settings resumes the same run (its name derives from the settings, not the clock).
+- Around it: Ray start-up (:func:`ray_init`), where runs are stored (:func:`storage_location`), reading a
+  checkpoint (:func:`checkpoint_files`, :func:`best_checkpoint_state`), and what failed (:func:`failure_reason`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from pipelines.ports import free_port
+from vista import tracking
+from vista.checkpoint import load_checkpoint, save_checkpoint
+from vista.config import Params, project_path, validate_params
+from vista.data import shards_location
+from vista.engine import TimeBudget, evaluate, train_one_epoch
+from vista.recipe import build_model, run_name, task_metrics, training_parts
+from vista.visualize import first_batch, prediction_panels
+
+CHECKPOINT_FILE = "model.pt"
+SCORE_KEY = "checkpoint/score"  # train.best_metric, NaN on epochs without an evaluation
+NODES_TAG = "vista.worker_nodes"  # MLflow tag: the Ray node id of each rank (JSON list, index = rank)
+
+
+# --------------------------------------------------------------------------------------------------
+# Worker
+# --------------------------------------------------------------------------------------------------
+
+
+def worker_nodes(world: int) -> list[str]:
+    """The Ray node id of every rank (index = rank), gathered over the process group."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    if world == 1 or not torch.distributed.is_initialized():
+        return [node]
+    nodes: list[str] = [""] * world
+    torch.distributed.all_gather_object(nodes, node)
+    return nodes
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Runs in every Ray Train worker (one DDP rank)."""
+    import ray.train
+    import ray.train.torch
+
+    from vista.data.webdata import eval_loader, load_index
+
+    params = validate_params(config["params"])
+    shards = config["shards"]
+    t, ld = params.train, params.loader
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    nodes = worker_nodes(world)
+    torch.manual_seed(t.seed)  # identical init on every rank (DDP also broadcasts rank 0's weights)
+
+    net0 = build_model(params)
+    if t.channels_last:  # the weights too, not only the input: convolutions then skip the layout changes
+        net0 = net0.to(memory_format=torch.channels_last)
+    if t.compile:  # in place: the forward is compiled, parameter names (and so checkpoints) stay as they are
+        net0.compile()
+    model = ray.train.torch.prepare_model(net0)
+    if t.grad_compression != "none" and world > 1:
+        # all-reduce gradients in 16 bits: half the bytes; with gloo on CPUs the fp32 all-reduce of a
+        # ResNet-18 costs ~40% of a step, fp16 almost nothing (benchmarks/train.py)
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+        hook = default_hooks.fp16_compress_hook if t.grad_compression == "fp16" else default_hooks.bf16_compress_hook
+        model.register_comm_hook(None, hook)
+    checkpoint = ray.train.get_checkpoint()
+    budget = TimeBudget(t.time_budget_s) if t.time_budget_s else None  # resumed below from the checkpoint
+    opt, sched, loss_fn, train_data, steps = training_parts(params, model, shards, world, budget)
+    metrics = task_metrics(params, load_index(shards).get("classes"))  # per-class IoU under the classes' names
+    skip = params.data.on_bad_sample
+    pin = device.type == "cuda"
+    val_data = eval_loader(shards, "val", t.batch_size, ld.num_workers, on_bad_sample=skip, pin_memory=pin)
+
+    uri, run_id = config.get("tracking_uri"), config.get("mlflow_run_id")
+    uri = tracking.from_driver(uri) if uri else None
+    net = model.module if hasattr(model, "module") else model
+    viz = None
+    if rank == 0 and run_id and params.tracking.log_images:
+        viz = first_batch(eval_loader(shards, "val", params.tracking.log_images, on_bad_sample=skip))
+        viz["rgb"] = viz["rgb"].to(device)
+
+    def track(row: dict[str, Any]) -> None:
+        """Rank 0 logs the epoch's numbers and prediction panels, once the report has gone through."""
+        if rank != 0 or not run_id:
+            return
+        tracking.log_metrics(uri, run_id, row, step=row["epoch"])
+        if viz is not None:
+            panels = prediction_panels(net, viz, params)
+            tracking.log_images(uri, run_id, {f"val/sample_{i}": p for i, p in enumerate(panels)}, step=row["epoch"])
+
+    history: list[dict[str, Any]] = []
+    start = 1
+    monitor = None
+    if rank == 0 and run_id:  # where this attempt's ranks run (after a node failure they may have moved)
+        tracking.set_tags(uri, run_id, {NODES_TAG: json.dumps(nodes)})
+    if rank == 0 and run_id and params.tracking.system_metrics_s > 0:
+        monitor = tracking.system_metrics(uri, run_id, params.tracking.system_metrics_s, resume=checkpoint is not None)
+    try:
+        if checkpoint is not None:
+            with checkpoint_files(checkpoint) as d:
+                state = load_checkpoint(d / CHECKPOINT_FILE, model, opt, sched, map_location=device)
+            start, history = state["epoch"] + 1, list(state["history"])
+            if budget is not None:
+                budget.resume(state.get("elapsed_s", 0.0))
+            if budget is not None and budget.exhausted():
+                start = t.epochs + 1  # the budget was spent before the failure: nothing left to train
+        else:
+            init = evaluate(model, val_data, metrics, device, amp=t.amp, channels_last=t.channels_last)
+            history.append({"epoch": 0, "train/elapsed_s": 0.0, **init})
+            ray.train.report({"epoch": 0, **init})
+            track(history[-1])
+
+        # training wall-clock (evaluations included) from the first step on; the budget's, if there is one
+        clock = budget or TimeBudget(float("inf"), spent=history[-1].get("train/elapsed_s", 0.0))
+        clock.restart()
+        for epoch in range(start, t.epochs + 1):
+            tic = time.perf_counter()
+            losses = train_one_epoch(
+                model, train_data, opt, loss_fn, device, sched, amp=t.amp, channels_last=t.channels_last, budget=budget
+            )
+            seconds = time.perf_counter() - tic
+            last = epoch == t.epochs or (budget is not None and budget.exhausted())
+            val = {}
+            if last or epoch % t.eval_every == 0:
+                val = evaluate(model, val_data, metrics, device, amp=t.amp, channels_last=t.channels_last)
+            samples = losses.pop("steps") * t.batch_size * world
+            speed = {"train/seconds": seconds, "train/samples_per_s": samples / seconds}
+            elapsed = clock.tick()  # agreed over ranks
+            row = {
+                "epoch": epoch,
+                **{f"train/{k}": v for k, v in losses.items()},
+                **speed,
+                "train/elapsed_s": elapsed,
+                **val,
+            }
+            history.append(row)
+            with tempfile.TemporaryDirectory() as d:
+                ckpt = None
+                if rank == 0:
+                    save_checkpoint(
+                        Path(d) / CHECKPOINT_FILE,
+                        model,
+                        opt,
+                        sched,
+                        epoch=epoch,
+                        params=config["params"],
+                        metrics=row,
+                        history=history,
+                        elapsed_s=elapsed,
+                        worker_nodes=nodes,
+                    )
+                    ckpt = ray.train.Checkpoint.from_directory(d)
+                # the retention score: epochs without an evaluation rank below every evaluated one (NaN)
+                score = {SCORE_KEY: row.get(t.best_metric, float("nan"))}
+                ray.train.report({**row, **score}, checkpoint=ckpt)
+            track(row)
+            if last:
+                break
+    finally:
+        if monitor is not None:
+            monitor.finish()
+
+
+# --------------------------------------------------------------------------------------------------
+# Driver
+# --------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def checkpoint_files(checkpoint: Any) -> Iterator[Path]:
+    """A Ray checkpoint's files in a local folder that this process alone reads.
+
+    Ray's ``Checkpoint.as_directory`` downloads a remote checkpoint (S3, GCS, ...) into one temporary
+    folder per checkpoint, shared by every process of the host, and a process that starts its download
+    after another one finished writes the files again while the other is reading them
+    (ray-project/ray#48726): after a node failure, two ranks on one host restoring from S3 read a torn
+    ``model.pt``. Here each process downloads into a private temporary folder, removed on exit; a checkpoint
+    on the local filesystem is read where it is (nothing writes it once reported)."""
+    import pyarrow.fs
+
+    if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
+        yield Path(checkpoint.path)
+        return
+    with tempfile.TemporaryDirectory(prefix="vista_checkpoint_") as d:
+        yield Path(checkpoint.to_directory(d))
+
+
+def ray_logging(verbose: bool = False) -> dict[str, Any]:
+    """The ``ray.init`` arguments of the console: by default Ray's own warnings and errors only (workers'
+    output stays in the session's log files; a worker's error still reaches ``fit`` with its traceback);
+    ``verbose``: Ray's INFO logs and every worker's and the controller's output on the driver."""
+    return {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.WARNING}
+
+
+def ray_init(verbose: bool = False) -> None:
+    """Join the cluster in ``RAY_ADDRESS`` (e.g. inside ``ray job submit``), or start Ray locally, with the
+    console of :func:`ray_logging`.
+
+    The local instance runs the dashboard on 127.0.0.1 (a free port below the ephemeral range, out of
+    reach of other Ray instances here: :func:`pipelines.ports.free_port`): Ray Train's placement-group cleaner
+    asks the state API (served by the dashboard) whether a run's controller is still alive. Without it, the
+    workers' CPUs of a run that was stopped from outside (a Tune trial stopped by ASHA, a killed driver)
+    stay reserved and the next run waits for resources forever (ray-project/ray#54305).
+    ``RAY_API_SERVER_ADDRESS`` points the workers at this instance even when other Ray instances run here.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local run needs no token (loopback only)
+    env_vars = tracking.ray_env()
+    runtime_env = {"env_vars": env_vars} if env_vars else None
+    if os.environ.get("RAY_ADDRESS"):  # inside `ray job submit`, or pointed at a cluster
+        ray.init(runtime_env=runtime_env, **ray_logging(verbose))
+        return
+    port = free_port()  # below the ephemeral range: a port another Ray instance here cannot draw
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    ray.init(
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=port,
+        runtime_env=runtime_env,
+        **ray_logging(verbose),
+    )
+
+
+def require_shards(params: Params) -> str:
+    """The shards location of ``params.data`` (absolute folder or URL prefix); raises when there is no
+    ``shards.json`` there (the shard stage has not run, or the URL is wrong)."""
+    from vista.data.webdata import read_index
+
+    shards = shards_location(params.data)
+    try:
+        read_index(shards)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{shards}/shards.json: no shards (run `vista prepare` and `vista shard`, or `dvc repro`)"
+        ) from None
+    except OSError as err:
+        raise FileNotFoundError(str(err)) from None
+    return shards
+
+
+def storage_location(path: str) -> str:
+    """Where Ray keeps a run: a URI (``s3://...``) as it is; a folder made absolute, a relative one from the
+    project's root (``$DVC_ROOT`` when DVC runs the stage: :func:`vista.config.project_path`)."""
+    return path if "://" in path else str(project_path(path))
+
+
+def fit(
+    params: Params,
+    mlflow_run: tuple[str, str] | None = None,
+    *,
+    name: str | None = None,
+    storage_path: str | None = None,
+    callbacks: list[Any] = (),  # type: ignore[assignment]
+    feed: Console | None = None,
+    verbose: bool = False,
+) -> tuple[Any, str]:
+    """Train with Ray Train; returns ``(ray result, shards location)``.
+
+    Args:
+        mlflow_run: ``(tracking uri, run id)`` that rank 0 logs into.
+        name, storage_path: the Ray Train run (default: :func:`run_name`, ``train.storage_path``).
+        callbacks: Ray Train callbacks (a Tune trial passes ``TuneReportCallback``).
+        feed: print one line per epoch there (:mod:`pipelines.feed`).
+        verbose: Ray's INFO logs and the workers' output on the driver, when this call starts Ray.
+    """
+    from contextlib import nullcontext
+
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from .feed import EpochFeed
+
+    shards = require_shards(params)
+    t = params.train
+    storage = storage_path or t.storage_path
+    worker_uri = tracking.for_workers(mlflow_run[0]) if mlflow_run else None  # before Ray starts: env
+    ray_init(verbose)
+    lines = EpochFeed(feed, t.epochs, t.best_metric, t.time_budget_s) if feed is not None else None
+    callbacks = [*callbacks, *([lines.callback] if lines else [])]
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "params": tracking.redacted_dump(params),  # what checkpoints and cards store
+            "shards": shards,
+            "tracking_uri": worker_uri,
+            "mlflow_run_id": mlflow_run[1] if mlflow_run else None,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=t.workers, use_gpu=t.use_gpu, resources_per_worker=dict(t.resources_per_worker)
+        ),
+        run_config=RunConfig(
+            name=name or run_name(params),
+            storage_path=storage_location(storage),
+            failure_config=FailureConfig(max_failures=t.max_failures),
+            # Ray keeps the latest checkpoint (to resume from) beside the best `keep_checkpoints`
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=t.keep_checkpoints, checkpoint_score_attribute=SCORE_KEY, checkpoint_score_order=t.best_mode
+            ),
+            callbacks=callbacks,
+        ),
+    )
+    with lines or nullcontext():
+        result = trainer.fit()
+    return result, shards
+
+
+def best_checkpoint_state(result: Any, metric: str, mode: str) -> dict[str, Any]:
+    """The saved state (weights, metrics, history) of the best reported checkpoint."""
+    if not any(metric in m for _, m in result.best_checkpoints):
+        raise ValueError(f"train.best_metric={metric!r} was never reported (reported: {sorted(result.metrics)})")
+    best = result.get_best_checkpoint(metric=metric, mode=mode)
+    with checkpoint_files(best) as d:
+        return torch.load(d / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+
+
+def failure_reason(err: BaseException) -> str:
+    """What each failing Ray Train worker raised, one ``rank r: Type: message`` per rank (Ray's own text,
+    a traceback per worker, stays in the worker logs and on the console with ``--verbose``)."""
+    failures = getattr(err, "worker_failures", None)
+    if not failures:
+        return str(err)
+    return "; ".join(f"rank {rank}: {type(e).__name__}: {e}" for rank, e in sorted(failures.items()))
