@@ -89,8 +89,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         model.register_comm_hook(None, hook)
     checkpoint = ray.train.get_checkpoint()
     budget = TimeBudget(t.time_budget_s) if t.time_budget_s else None  # resumed below from the checkpoint
-    opt, sched, loss_fn, train_data, steps = training_parts(params, model, shards, world, budget)
-    metrics = task_metrics(params, load_index(shards).get("classes"))  # per-class IoU under the classes' names
+    index = load_index(shards)
+    opt, sched, loss_fn, train_data, steps = training_parts(params, model, shards, world, budget, index)
+    metrics = task_metrics(params, index.get("classes"))  # per-class IoU under the classes' names
     skip = params.data.on_bad_sample
     pin = device.type == "cuda"
     val_data = eval_loader(shards, "val", t.batch_size, ld.num_workers, on_bad_sample=skip, pin_memory=pin)

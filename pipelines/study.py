@@ -195,8 +195,7 @@ def summarize(rows: list[dict[str, Any]], metrics: tuple[str, ...]) -> list[dict
         row: dict[str, Any] = {"model": model, "runs": len(mine)}
         for key in (*metrics, "epochs", "train_s", "wall_s", "samples_per_s"):
             values = [float(r[key]) for r in mine if not math.isnan(float(r[key]))]
-            row[f"{key}_mean"] = statistics.fmean(values) if values else math.nan
-            row[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else math.nan
+            row[f"{key}_mean"], row[f"{key}_std"] = _mean_std(values)
         out.append(row)
     return out
 
@@ -249,11 +248,11 @@ def write_results(
             for (c, m), v in values.items():
                 w.writerow([c, m, len(v), *_mean_std(v)])
         lines += ["", f"| class | {' | '.join(models)} |", "|" + "---|" * (len(models) + 1)]
-        for c in classes:
-            lines.append(f"| {c} | {' | '.join(_pm(*_mean_std(values[c, m]), 3) for m in models)} |")
         per = Table("class", *models, title=f"study {name}: val IoU per class (final evaluation)")
         for c in classes:
-            per.add_row(c, *(_pm(*_mean_std(values[c, m]), 3) for m in models))
+            cells = [c, *(_pm(*_mean_std(values[c, m]), 3) for m in models)]
+            lines.append(f"| {' | '.join(cells)} |")
+            per.add_row(*cells)
         console.print(per)
     files["table"].write_text("\n".join(lines) + "\n")
     files["curves"] = out_dir / "curves.png"

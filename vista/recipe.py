@@ -187,16 +187,22 @@ def seg_class_weights(params: Params, index: dict[str, Any]) -> list[float] | No
 
 
 def training_parts(
-    params: Params, model: torch.nn.Module, shards: str, world: int = 1, budget: TimeBudget | None = None
+    params: Params,
+    model: torch.nn.Module,
+    shards: str,
+    world: int = 1,
+    budget: TimeBudget | None = None,
+    index: dict[str, Any] | None = None,
 ) -> tuple[Any, ...]:
     """``(optimizer, schedule, loss, training stream, steps per epoch and rank)`` of a run — the same for
     the Ray Train workers and the bare loop of ``benchmarks/train.py``. With a ``budget`` the schedule
-    follows its clock (``train.time_budget_s``)."""
+    follows its clock (``train.time_budget_s``); ``index``: the shards' ``shards.json`` when the caller
+    has read it already."""
     from vista.data.transforms import TrainTransform
     from vista.data.webdata import load_index, train_loader
 
     t, ld = params.train, params.loader
-    index = load_index(shards)
+    index = index if index is not None else load_index(shards)
     steps = -(-index["splits"]["train"]["samples"] // (world * t.batch_size))
     opt = build_optimizer(model, t.optimizer, t.lr, t.lr_mult, t.weight_decay, t.momentum, t.eps)
     sched = poly_schedule(opt, t.epochs * steps, t.poly_power, t.min_lr_ratio, t.warmup, budget)

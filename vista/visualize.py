@@ -98,10 +98,10 @@ def first_batch(loader: Any) -> dict[str, Any]:
 @torch.no_grad()
 def prediction_panels(model: torch.nn.Module, batch: dict[str, Any], params: Params) -> list[np.ndarray]:
     """One uint8 image per sample: the input, then prediction and ground truth of each task."""
-    model.eval()
-    pred = model(batch["rgb"])
     from .recipe import model_max_depth
 
+    model.eval()
+    pred = model(batch["rgb"])
     m = params.model
     cap = model_max_depth(params)
     rows = []
