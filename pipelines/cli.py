@@ -3,7 +3,6 @@ override it, validated the same way."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
 from typing import Annotated
@@ -11,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from pipelines.mlflow_ui import announce, serve
 from pipelines.ports import port_is_free
 from vista.config import ParamsError, load_params, parse_overrides
 
@@ -149,10 +149,10 @@ def tune_promote(
     write: Annotated[bool, typer.Option("--write", help="write the best values into params.yaml")] = False,
 ) -> None:
     """Show how the sweep's best settings differ from params.yaml; --write applies them (comments kept)."""
-    from . import tune as stage
+    from .promote import promote
 
     try:
-        stage.promote(params, best, write, console)
+        promote(params, best, write, console)
     except (OSError, ParamsError) as err:
         raise _fail(err) from None
 
@@ -244,98 +244,10 @@ def ui(
     console.print(f"MLflow UI on {base} over {redact(uri)} (these settings' runs: {experiment})")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--workers", str(workers)]  # mlflow's default is 4 uvicorn workers
-    threading.Thread(target=announce, args=(base, experiment), daemon=True).start()
-    code = serve(cmd)
+    threading.Thread(target=announce, args=(base, experiment, console), daemon=True).start()
+    code = serve(cmd, console)
     if code:
         raise _fail(f"the MLflow server exited with code {code} (its output is above)", code)
-
-
-# MLflow 3.17's UI shows every experiment in its GenAI view (traces, an overview of LLM usage) unless its
-# "Model training" switch is on: remembered per browser, off at first, whatever the experiment's
-# mlflow.experimentKind tag says. This URL parameter turns it on.
-MODEL_TRAINING_VIEW = "workflowType=machine_learning"
-
-
-def experiment_page(base: str, experiment_id: str | None) -> str:
-    """The MLflow UI page of an experiment's runs table, or of the experiments list (``experiment_id`` None)."""
-    where = f"experiments/{experiment_id}" if experiment_id is not None else "experiments"
-    return f"{base}/#/{where}?{MODEL_TRAINING_VIEW}"
-
-
-def announce(base: str, experiment: str, wait_s: float = 300.0) -> str | None:
-    """Once the MLflow server at ``base`` answers ``/health``: print the link to ``experiment``'s runs table
-    (the experiments list while there is no such experiment) and return it; None when the server never
-    answered within ``wait_s``."""
-    import http.client
-    import json
-    import time
-    import urllib.parse
-    import urllib.request
-
-    from rich.markup import escape
-
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            with urllib.request.urlopen(f"{base}/health", timeout=5):
-                break
-        except (OSError, http.client.HTTPException):  # not up yet, or (a lost race for the port) not HTTP
-            if time.monotonic() > deadline:
-                return None
-            time.sleep(0.5)
-    query = urllib.parse.urlencode({"experiment_name": experiment})
-    try:
-        with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get-by-name?{query}", timeout=10) as r:
-            experiment_id = str(json.load(r)["experiment"]["experiment_id"])
-    except (OSError, ValueError, KeyError):  # 404: no such experiment yet
-        experiment_id = None
-    url = experiment_page(base, experiment_id)
-    if experiment_id is None:
-        console.print(f"no experiment {escape(experiment)} yet; experiments: {url}", soft_wrap=True)
-    else:
-        console.print(f"runs of {escape(experiment)}: {url}", soft_wrap=True)
-    return url
-
-
-def serve(cmd: list[str]) -> int:
-    """Run a server command until it exits or this process gets SIGINT/SIGTERM; then stop the server and
-    every process it started (``mlflow ui`` runs uvicorn workers), so no server outlives the command.
-    Returns the exit code (0 after a stop on request)."""
-    import os
-    import signal
-    import subprocess
-    import time
-
-    proc = subprocess.Popen(cmd, start_new_session=True)  # its own process group: one signal reaches all
-    stopping: list[int] = []
-
-    def stop(signum: int, _frame: object) -> None:
-        stopping.append(signum)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    deadline = None
-    try:
-        while True:
-            try:
-                code = proc.wait(timeout=1)
-                break
-            except subprocess.TimeoutExpired:
-                if stopping and deadline is None:
-                    deadline = time.monotonic() + 10
-                if deadline is not None and time.monotonic() > deadline:  # SIGTERM ignored for 10 s
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        with contextlib.suppress(ProcessLookupError):  # workers left behind by a server that exited
-            os.killpg(proc.pid, signal.SIGTERM)
-    if stopping:
-        console.print("MLflow UI stopped")
-        return 0
-    return code
 
 
 @app.command()

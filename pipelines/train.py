@@ -20,38 +20,10 @@ from rich.table import Table
 from vista import tracking
 from vista.config import Params
 from vista.data.webdata import data_version
-from vista.recipe import build_model, run_name
+from vista.recipe import build_model, preflight, run_name
 from vista.visualize import save_samples
 
 from .ray_train import CHECKPOINT_FILE, best_checkpoint_state, checkpoint_files, failure_reason, fit, require_shards
-
-
-def preflight(params: Params) -> None:
-    """What can fail before Ray starts or an MLflow run opens, checked first: the metric that selects the
-    best checkpoint, the splits, and the model itself (built without downloads and run once on a small
-    input, so a bad name, kernel or dilation fails in seconds with the settings named)."""
-    from vista.config import with_overrides
-    from vista.metrics import check_metric_key
-
-    check_metric_key(params.train.best_metric, params.model.tasks, "train.best_metric")
-    if "train" not in params.data.splits or "val" not in params.data.splits:
-        raise ValueError(f"data.splits={list(params.data.splits)}: training needs the train and val splits")
-    if params.eval.split not in params.data.splits:
-        raise ValueError(f"eval.split={params.eval.split!r} is not one of data.splits {list(params.data.splits)}")
-    try:
-        model = build_model(with_overrides(params, {"model.pretrained": False})).eval()
-    except (ValueError, TypeError, KeyError) as err:
-        raise ValueError(f"model.name={params.model.name!r} cannot be built from the model settings: {err}") from None
-    size = params.loader.crop_size or (64, 96)
-    size = (min(size[0], 128), min(size[1], 128))  # the architecture check, not a benchmark
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, 3, *size))
-    except RuntimeError as err:
-        raise ValueError(
-            f"model.name={params.model.name!r} does not run with the model settings (input {size[0]}x{size[1]}): "
-            f"{str(err).splitlines()[0]}"
-        ) from None
 
 
 def run(

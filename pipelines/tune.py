@@ -23,24 +23,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
 from rich.console import Console
-from rich.table import Table
 
 from vista import tracking
-from vista.config import Params, ParamsError, validate_params, with_overrides
-from vista.recipe import sweep_name
+from vista.config import Params, ParamsError, with_overrides
+from vista.recipe import metric_and_mode, preflight, sweep_name
 
 from . import ray_train
-from . import train as train_stage
-
-RESULTS_FILE = "results.parquet"
-BEST_FILE = "best_params.yaml"
-PLOT_DPI = 100
-
-
-def metric_and_mode(params: Params) -> tuple[str, str]:
-    return params.tune.metric or params.train.best_metric, params.tune.mode or params.train.best_mode
+from .tune_report import summarize
 
 
 def trial_params(base: dict[str, Any], overrides: dict[str, Any]) -> Params:
@@ -153,7 +143,7 @@ def run(params: Params, console: Console | None = None) -> dict[str, Any]:
     from vista.metrics import check_metric_key
 
     check_metric_key(metric, params.model.tasks, "tune.metric")
-    train_stage.preflight(params)
+    preflight(params)
     ray_train.require_shards(params)
     name = sweep_name(params)
     storage = ray_train.storage_location(tp.storage_path)
@@ -225,215 +215,3 @@ def run(params: Params, console: Console | None = None) -> dict[str, Any]:
     if ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
         ray.shutdown()
     return summarize(params, grid, name, uri, parent, console)
-
-
-def summarize(params: Params, grid: Any, name: str, uri: str, parent: str, console: Console) -> dict[str, Any]:
-    """results.parquet + best_params.yaml + plots; the parent run gets the summary."""
-    import pandas as pd
-
-    metric, mode = metric_and_mode(params)
-    max_epochs = params.tune.scheduler.max_epochs or params.train.epochs
-    keys = list(params.tune.search_space)
-    # one row per trial that reported anything: its last report, and the report where the metric was best
-    final = grid.get_dataframe()
-    if "trial_id" not in final:
-        first = f": {grid.errors[0]}" if grid.errors else ""
-        raise RuntimeError(f"sweep {name}: no trial reported any result ({grid.num_errors} failed){first}")
-    final = final.set_index("trial_id")
-    nan = float("nan")
-    try:
-        peak = grid.get_dataframe(filter_metric=metric, filter_mode=mode).set_index("trial_id")
-    except ValueError:
-        # a trial reported the metric only as NaN: Ray's idxmax raises under pandas 3 (Ray catches TypeError
-        # only); take each trial's best value from its own history then
-        peak = pd.DataFrame(
-            {metric: {r.metrics["trial_id"]: _best_value(r.metrics_dataframe, metric, mode) for r in grid if r.metrics}}
-        )
-    rows = []
-    for result in grid:  # what the data frames do not say: the trial's error; and its MLflow child run
-        trial_id = (result.metrics or {}).get("trial_id")
-        if trial_id not in final.index:
-            continue
-        epochs = int(final.at[trial_id, "epoch"]) if "epoch" in final and pd.notna(final.at[trial_id, "epoch"]) else 0
-        stopped = result.error is None and epochs < max_epochs
-        # ASHA stops a trial by ending its process: its child run is closed here
-        child = tracking.find_run(uri, params.experiment_name(), f"{name}/{trial_id}")
-        if child is not None:
-            tracking.end_run(uri, child, "FAILED" if result.error else "FINISHED")
-            tracking.set_tags(uri, child, {"tune.stopped_early": str(stopped).lower(), "tune.epochs": str(epochs)})
-        rows.append(
-            {
-                "trial_id": trial_id,
-                **dict(result.config["overrides"]),
-                "epochs": epochs,
-                "stopped_early": stopped,
-                "error": str(result.error)[:500] if result.error else None,
-                f"final {metric}": float(final.at[trial_id, metric]) if metric in final else nan,
-                f"best {metric}": float(peak.at[trial_id, metric])
-                if trial_id in peak.index and metric in peak
-                else nan,
-            }
-        )
-    df = pd.DataFrame(rows).sort_values(f"best {metric}", ascending=mode == "min", na_position="last")
-    # the best trial: the best value it ever reported (scope "all"), not its last one (ASHA may have cut it)
-    best_result = grid.get_best_result(metric, mode, scope="all")
-    best_overrides = {k: _plain(v) for k, v in best_result.config["overrides"].items()}
-    best = df.set_index("trial_id").loc[best_result.metrics["trial_id"]]
-    out = Path(params.tune.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    df.to_parquet(out / RESULTS_FILE, index=False)
-    best_params = trial_params(params.model_dump(mode="json"), best_overrides)
-    header = (
-        f"# best trial {best.name} of sweep {name}: {metric} = {best[f'best {metric}']:.6g} ({mode})\n"
-        f"# swept: {', '.join(f'{k}={best_overrides[k]!r}' for k in keys)}\n"
-        "# `vista tune promote` shows the difference to params.yaml; `--write` applies it\n"
-    )
-    tree = best_params.model_dump(mode="json")
-    (out / BEST_FILE).write_text(header + yaml.safe_dump(tree, sort_keys=False))
-
-    tracking.log_artifact_bytes(uri, parent, RESULTS_FILE, (out / RESULTS_FILE).read_bytes())
-    tracking.log_artifact_bytes(uri, parent, BEST_FILE, (out / BEST_FILE).read_bytes())
-    figures = plots(df, keys, metric)  # selects the Agg backend before pyplot is imported here
-    import matplotlib.pyplot as plt
-
-    for fname, fig in figures.items():
-        tracking.log_figure(uri, parent, fig, fname, dpi=PLOT_DPI)
-        fig.savefig(out / fname, dpi=PLOT_DPI)
-        plt.close(fig)
-    values = df[f"best {metric}"].dropna()
-    tracking.log_metrics(uri, parent, {f"best {metric}".replace(" ", "_"): float(best[f"best {metric}"])}, step=0)
-    tracking.end_run(uri, parent)
-
-    table = Table("trial", *keys, "epochs", f"best {metric}", title=f"sweep {name}")
-    for _, r in df.iterrows():
-        table.add_row(
-            str(r["trial_id"]),
-            *(f"{_plain(r[k]):.4g}" if isinstance(_plain(r[k]), float) else str(_plain(r[k])) for k in keys),
-            f"{r['epochs']}{' (stopped)' if r['stopped_early'] else ''}",
-            f"{r[f'best {metric}']:.4f}",
-        )
-    console.print(table)
-    console.print(
-        f"best: {best_overrides} -> {metric} {best[f'best {metric}']:.4f} (spread over trials "
-        f"{values.min():.4f} .. {values.max():.4f}); wrote {out / RESULTS_FILE}, {out / BEST_FILE}"
-        + (f"; {grid.num_errors} trial(s) failed (column error)" if grid.num_errors else "")
-    )
-    return {"name": name, "best": best_overrides, "value": float(best[f"best {metric}"]), "trials": len(df)}
-
-
-def _best_value(history: Any, metric: str, mode: str) -> float:
-    values = history[metric].dropna() if history is not None and metric in history else []
-    return float(values.max() if mode == "max" else values.min()) if len(values) else float("nan")
-
-
-def _plain(value: Any) -> Any:
-    """numpy scalars -> Python scalars (YAML, validation)."""
-    return value.item() if hasattr(value, "item") else value
-
-
-def plots(df: Any, keys: list[str], metric: str) -> dict[str, Any]:
-    """Matplotlib figures by PNG file name: the metric against each swept setting, and parallel coordinates of
-    all trials (the caller saves and closes them)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    col = f"best {metric}"
-    out = {}
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
-    for ax, key in zip(axes[0], keys, strict=True):
-        x = df[key]
-        if x.dtype == object:
-            cats = sorted(x.astype(str).unique())
-            ax.set_xticks(range(len(cats)), cats)
-            x = x.astype(str).map({c: i for i, c in enumerate(cats)})
-        ax.scatter(x, df[col])
-        ax.set_xlabel(key)
-        ax.set_ylabel(metric)
-    fig.tight_layout()
-    out["metric_vs_params.png"] = fig
-
-    cols = [*keys, col]
-    data = np.stack([pd_numeric(df[c]) for c in cols], axis=1)
-    lo, hi = np.nanmin(data, axis=0), np.nanmax(data, axis=0)
-    norm = (data - lo) / np.where(hi > lo, hi - lo, 1)
-    fig, ax = plt.subplots(figsize=(2 + 1.6 * len(cols), 3.5))
-    cmap = plt.get_cmap("viridis")
-    score = norm[:, -1]
-    for row, s in zip(norm, score, strict=True):
-        ax.plot(range(len(cols)), row, color=cmap(0.0 if np.isnan(s) else s), alpha=0.8)
-    ax.set_xticks(
-        range(len(cols)), [f"{c}\n[{a:.3g}, {b:.3g}]" for c, a, b in zip(cols, lo, hi, strict=True)], fontsize=7
-    )
-    ax.set_yticks([])
-    ax.set_title("trials (colour: metric)")
-    fig.tight_layout()
-    out["parallel_coordinates.png"] = fig
-    return out
-
-
-def pd_numeric(series: Any) -> Any:
-    import pandas as pd
-
-    numeric = pd.to_numeric(series, errors="coerce")
-    if numeric.isna().all():
-        cats = sorted(series.astype(str).unique())
-        return series.astype(str).map({c: i for i, c in enumerate(cats)}).to_numpy(dtype=float)
-    return numeric.to_numpy(dtype=float)
-
-
-def promote(params_path: Path, best_path: Path, write: bool, console: Console | None = None) -> dict[str, tuple]:
-    """The settings where ``best_params.yaml`` differs from ``params_path``; written into it (comments kept)
-    only when ``write``."""
-    from ruamel.yaml import YAML
-
-    from vista.config import flatten, load_params
-
-    console = console or Console()
-    if not best_path.is_file():
-        raise FileNotFoundError(f"{best_path}: no sweep result (run `vista tune` first)")
-    best = validate_params(yaml.safe_load(best_path.read_text()))
-    current = load_params(params_path)
-    skip = ("tune.", "profiles.")
-    a = {k: v for k, v in flatten(current.model_dump(mode="json")).items() if not k.startswith(skip)}
-    b = {k: v for k, v in flatten(best.model_dump(mode="json")).items() if not k.startswith(skip)}
-    diff = {k: (a.get(k), b[k]) for k in b if a.get(k) != b[k]}
-    if not diff:
-        console.print(f"{params_path} already has the best values of {best_path}")
-        return diff
-    table = Table("setting", str(params_path), str(best_path), title="tune promote")
-    for k, (old, new) in diff.items():
-        table.add_row(k, repr(old), repr(new))
-    console.print(table)
-    if not write:
-        console.print("nothing written (pass --write to apply these values to params.yaml)")
-        return diff
-    ry = YAML()  # round trip: comments and layout of params.yaml stay
-    ry.preserve_quotes = True
-    doc = ry.load(params_path.read_text())
-    for key, (_, new) in diff.items():
-        node = doc
-        *parents, leaf = key.split(".")
-        for p in parents:
-            if p not in node or node[p] is None:
-                node[p] = {}
-            node = node[p]
-        node[leaf] = new
-    import io
-
-    buf = io.StringIO()
-    ry.dump(doc, buf)
-    load_params_text(buf.getvalue(), params_path)  # validate before replacing the file
-    params_path.write_text(buf.getvalue())
-    console.print(f"wrote {len(diff)} value(s) into {params_path}")
-    return diff
-
-
-def load_params_text(text: str, where: Path) -> None:
-    tree = yaml.safe_load(text)
-    try:
-        validate_params(tree)
-    except ParamsError as err:
-        raise ParamsError(f"{where} would become invalid: {err}") from None

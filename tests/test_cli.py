@@ -115,7 +115,7 @@ def test_ui_on_a_port_in_use_says_so_and_starts_no_server(tmp_path: Path, monkey
     from pipelines import cli
 
     started: list[list[str]] = []
-    monkeypatch.setattr(cli, "serve", lambda cmd: started.append(cmd) or 1)
+    monkeypatch.setattr(cli, "serve", lambda cmd, _console: started.append(cmd) or 1)
     monkeypatch.setattr(cli, "announce", lambda *_a, **_k: None)
     args = ["ui", "--params", str(ROOT / "params.yaml")]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")

@@ -137,8 +137,9 @@ def test_summary_best_and_final_values_child_runs_and_figures(tmp_path: Path, mo
     from ray import tune as rtune
     from rich.console import Console
 
-    from pipelines import tune
+    from pipelines import tune_report
     from vista import tracking
+    from vista.recipe import metric_and_mode
 
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     monkeypatch.setenv("RAY_TMPDIR", f"/tmp/vt{os.getpid()}")
@@ -147,7 +148,7 @@ def test_summary_best_and_final_values_child_runs_and_figures(tmp_path: Path, mo
     p = sweep_params(
         tmp_path, "tune.search_space={model.attention.rank: {choice: [1, 2, 3, 5]}}", "tune.scheduler.max_epochs=3"
     )
-    metric, mode = tune.metric_and_mode(p)
+    metric, mode = metric_and_mode(p)
     assert mode == "max"
     parent = tracking.start_run(uri, p.experiment_name(), "toy", {}, {"vista.kind": "sweep"})
     space = {
@@ -168,7 +169,7 @@ def test_summary_best_and_final_values_child_runs_and_figures(tmp_path: Path, mo
         ).fit()
     finally:
         ray.shutdown()
-    best = tune.summarize(p, grid, "toy", uri, parent, Console(quiet=True))
+    best = tune_report.summarize(p, grid, "toy", uri, parent, Console(quiet=True))
 
     assert best["best"] == {"model.attention.rank": 1} and best["value"] == pytest.approx(0.9) and best["trials"] == 5
     df = pd.read_parquet(tmp_path / "tune" / "results.parquet").set_index("model.attention.rank")

@@ -7,7 +7,8 @@ stages, the benchmarks and users' own loops alike.
 - the training parts (:func:`training_parts`: optimiser, schedule, loss with its class weights, the
   training stream);
 - the names of runs and sweeps, from one settings digest (:func:`settings_digest`, :func:`run_name`,
-  :func:`sweep_name`).
+  :func:`sweep_name`), and the metric a sweep ranks by (:func:`metric_and_mode`);
+- what can fail before a run starts, checked in seconds (:func:`preflight`).
 
 The evaluation protocol is resolved from the settings and the dataset's own conventions. Depth is measured
 as the field does for each dataset: NYU Depth v2 inside the Eigen crop over 0.001–10 m, KITTI inside the
@@ -63,6 +64,12 @@ def run_name(params: Params) -> str:
     if params.train.run_name:
         return params.train.run_name
     return f"{params.model.name}_{params.data.dataset}_{settings_digest(params)}"
+
+
+def metric_and_mode(params: Params) -> tuple[str, str]:
+    """The metric a sweep ranks its trials by and its direction: ``tune.metric``/``tune.mode``, else the
+    training's ``train.best_metric``/``train.best_mode``."""
+    return params.tune.metric or params.train.best_metric, params.tune.mode or params.train.best_mode
 
 
 def sweep_name(params: Params) -> str:
@@ -227,3 +234,31 @@ def training_parts(
         pin_memory=next(model.parameters()).is_cuda,
     )
     return opt, sched, loss_fn, data, steps
+
+
+def preflight(params: Params) -> None:
+    """What can fail before Ray starts or an MLflow run opens, checked first: the metric that selects the
+    best checkpoint, the splits, and the model itself (built without downloads and run once on a small
+    input, so a bad name, kernel or dilation fails in seconds with the settings named)."""
+    from vista.config import with_overrides
+    from vista.metrics import check_metric_key
+
+    check_metric_key(params.train.best_metric, params.model.tasks, "train.best_metric")
+    if "train" not in params.data.splits or "val" not in params.data.splits:
+        raise ValueError(f"data.splits={list(params.data.splits)}: training needs the train and val splits")
+    if params.eval.split not in params.data.splits:
+        raise ValueError(f"eval.split={params.eval.split!r} is not one of data.splits {list(params.data.splits)}")
+    try:
+        model = build_model(with_overrides(params, {"model.pretrained": False})).eval()
+    except (ValueError, TypeError, KeyError) as err:
+        raise ValueError(f"model.name={params.model.name!r} cannot be built from the model settings: {err}") from None
+    size = params.loader.crop_size or (64, 96)
+    size = (min(size[0], 128), min(size[1], 128))  # the architecture check, not a benchmark
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, *size))
+    except RuntimeError as err:
+        raise ValueError(
+            f"model.name={params.model.name!r} does not run with the model settings (input {size[0]}x{size[1]}): "
+            f"{str(err).splitlines()[0]}"
+        ) from None
