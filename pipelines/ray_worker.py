@@ -24,7 +24,8 @@ import torch
 
 from vista import tracking
 from vista.checkpoint import load_checkpoint, save_checkpoint
-from vista.config import validate_params
+from vista.config import Params, validate_params
+from vista.data.webdata import eval_loader, load_index
 from vista.engine import TimeBudget, evaluate, train_one_epoch
 from vista.recipe import build_model, task_metrics, training_parts
 from vista.visualize import first_batch, prediction_panels
@@ -70,8 +71,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from vista.data.webdata import eval_loader, load_index
-
     params = validate_params(config["params"])
     shards = config["shards"]
     t, ld = params.train, params.loader
@@ -81,66 +80,30 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     nodes = worker_nodes(world)
     torch.manual_seed(t.seed)  # identical init on every rank (DDP also broadcasts rank 0's weights)
 
-    net0 = build_model(params)
-    if t.channels_last:  # the weights too, not only the input: convolutions then skip the layout changes
-        net0 = net0.to(memory_format=torch.channels_last)
-    if t.compile:  # in place: the forward is compiled, parameter names (and so checkpoints) stay as they are
-        net0.compile()
-    model = ray.train.torch.prepare_model(net0)
-    if t.grad_compression != "none" and world > 1:
-        # all-reduce gradients in 16 bits: half the bytes; with gloo on CPUs the fp32 all-reduce of a
-        # ResNet-18 costs ~40% of a step, fp16 almost nothing (benchmarks/train.py)
-        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
-
-        hook = default_hooks.fp16_compress_hook if t.grad_compression == "fp16" else default_hooks.bf16_compress_hook
-        model.register_comm_hook(None, hook)
+    model = ddp_model(params, world)
     checkpoint = ray.train.get_checkpoint()
     budget = TimeBudget(t.time_budget_s) if t.time_budget_s else None  # resumed below from the checkpoint
     index = load_index(shards)
     opt, sched, loss_fn, train_data, steps = training_parts(params, model, shards, world, budget, index)
     metrics = task_metrics(params, index.get("classes"))  # per-class IoU under the classes' names
-    skip = params.data.on_bad_sample
     pin = device.type == "cuda"
+    skip = params.data.on_bad_sample
     val_data = eval_loader(shards, "val", t.batch_size, ld.num_workers, on_bad_sample=skip, pin_memory=pin)
+    run = RankZeroLog(config, params, model, shards, device) if rank == 0 and config.get("mlflow_run_id") else None
 
-    uri, run_id = config.get("tracking_uri"), config.get("mlflow_run_id")
-    uri = tracking.from_driver(uri) if uri else None
-    net = model.module if hasattr(model, "module") else model
-    viz = None
-    if rank == 0 and run_id and params.tracking.log_images:
-        viz = first_batch(eval_loader(shards, "val", params.tracking.log_images, on_bad_sample=skip))
-        viz["rgb"] = viz["rgb"].to(device)
+    def validate() -> dict[str, float]:
+        return evaluate(model, val_data, metrics, device, amp=t.amp, channels_last=t.channels_last)
 
-    def track(row: dict[str, Any]) -> None:
-        """Rank 0 logs the epoch's numbers and prediction panels, once the report has gone through."""
-        if rank != 0 or not run_id:
-            return
-        tracking.log_metrics(uri, run_id, row, step=row["epoch"])
-        if viz is not None:
-            panels = prediction_panels(net, viz, params)
-            tracking.log_images(uri, run_id, {f"val/sample_{i}": p for i, p in enumerate(panels)}, step=row["epoch"])
-
-    history: list[dict[str, Any]] = []
-    start = 1
-    monitor = None
-    if rank == 0 and run_id:  # where this attempt's ranks run (after a node failure they may have moved)
-        tracking.set_tags(uri, run_id, {NODES_TAG: json.dumps(nodes)})
-    if rank == 0 and run_id and params.tracking.system_metrics_s > 0:
-        monitor = tracking.system_metrics(uri, run_id, params.tracking.system_metrics_s, resume=checkpoint is not None)
+    monitor = run.start(nodes, resumed=checkpoint is not None) if run else None
     try:
         if checkpoint is not None:
-            with checkpoint_files(checkpoint) as d:
-                state = load_checkpoint(d / CHECKPOINT_FILE, model, opt, sched, map_location=device)
-            start, history = state["epoch"] + 1, list(state["history"])
-            if budget is not None:
-                budget.resume(state.get("elapsed_s", 0.0))
-            if budget is not None and budget.exhausted():
-                start = t.epochs + 1  # the budget was spent before the failure: nothing left to train
+            start, history = resume(checkpoint, model, opt, sched, device, budget, t.epochs)
         else:
-            init = evaluate(model, val_data, metrics, device, amp=t.amp, channels_last=t.channels_last)
-            history.append({"epoch": 0, "train/elapsed_s": 0.0, **init})
+            init = validate()
+            start, history = 1, [{"epoch": 0, "train/elapsed_s": 0.0, **init}]
             ray.train.report({"epoch": 0, **init})
-            track(history[-1])
+            if run:
+                run.log(history[-1])
 
         # training wall-clock (evaluations included) from the first step on; the budget's, if there is one
         clock = budget or TimeBudget(float("inf"), spent=history[-1].get("train/elapsed_s", 0.0))
@@ -152,42 +115,131 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             )
             seconds = time.perf_counter() - tic
             last = epoch == t.epochs or (budget is not None and budget.exhausted())
-            val = {}
-            if last or epoch % t.eval_every == 0:
-                val = evaluate(model, val_data, metrics, device, amp=t.amp, channels_last=t.channels_last)
-            samples = losses.pop("steps") * t.batch_size * world
-            speed = {"train/seconds": seconds, "train/samples_per_s": samples / seconds}
+            val = validate() if last or epoch % t.eval_every == 0 else {}
             elapsed = clock.tick()  # agreed over ranks
-            row = {
-                "epoch": epoch,
-                **{f"train/{k}": v for k, v in losses.items()},
-                **speed,
-                "train/elapsed_s": elapsed,
-                **val,
-            }
-            history.append(row)
-            with tempfile.TemporaryDirectory() as d:
-                ckpt = None
-                if rank == 0:
-                    save_checkpoint(
-                        Path(d) / CHECKPOINT_FILE,
-                        model,
-                        opt,
-                        sched,
-                        epoch=epoch,
-                        params=config["params"],
-                        metrics=row,
-                        history=history,
-                        elapsed_s=elapsed,
-                        worker_nodes=nodes,
-                    )
-                    ckpt = ray.train.Checkpoint.from_directory(d)
-                # the retention score: epochs without an evaluation rank below every evaluated one (NaN)
-                score = {SCORE_KEY: row.get(t.best_metric, float("nan"))}
-                ray.train.report({**row, **score}, checkpoint=ckpt)
-            track(row)
+            history.append(epoch_row(epoch, losses, seconds, elapsed, t.batch_size * world, val))
+            report_epoch(history, model, opt, sched, config["params"], t.best_metric, nodes, save=rank == 0)
+            if run:
+                run.log(history[-1])
             if last:
                 break
     finally:
         if monitor is not None:
             monitor.finish()
+
+
+def ddp_model(params: Params, world: int) -> torch.nn.Module:
+    """The settings' network on this worker's device, wrapped for DDP (``ray.train.torch.prepare_model``):
+    channels-last weights, compiled, 16-bit gradient all-reduce, as ``params.train`` asks."""
+    import ray.train.torch
+
+    t = params.train
+    net = build_model(params)
+    if t.channels_last:  # the weights too, not only the input: convolutions then skip the layout changes
+        net = net.to(memory_format=torch.channels_last)
+    if t.compile:  # in place: the forward is compiled, parameter names (and so checkpoints) stay as they are
+        net.compile()
+    model = ray.train.torch.prepare_model(net)
+    if t.grad_compression != "none" and world > 1:
+        # all-reduce gradients in 16 bits: half the bytes; with gloo on CPUs the fp32 all-reduce of a
+        # ResNet-18 costs ~40% of a step, fp16 almost nothing (benchmarks/train.py)
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+        hook = default_hooks.fp16_compress_hook if t.grad_compression == "fp16" else default_hooks.bf16_compress_hook
+        model.register_comm_hook(None, hook)
+    return model
+
+
+def resume(
+    checkpoint: Any, model: Any, opt: Any, sched: Any, device: Any, budget: TimeBudget | None, epochs: int
+) -> tuple[int, list[dict[str, Any]]]:
+    """Load the last reported checkpoint into the model, optimiser and schedule (and the budget's clock);
+    returns ``(first epoch to train, history so far)``."""
+    with checkpoint_files(checkpoint) as d:
+        state = load_checkpoint(d / CHECKPOINT_FILE, model, opt, sched, map_location=device)
+    start, history = state["epoch"] + 1, list(state["history"])
+    if budget is not None:
+        budget.resume(state.get("elapsed_s", 0.0))
+    if budget is not None and budget.exhausted():
+        start = epochs + 1  # the budget was spent before the failure: nothing left to train
+    return start, history
+
+
+def report_epoch(
+    history: list[dict[str, Any]],
+    model: Any,
+    opt: Any,
+    sched: Any,
+    params_tree: dict[str, Any],
+    best_metric: str,
+    nodes: list[str],
+    save: bool,
+) -> None:
+    """``ray.train.report`` the epoch's row (``history[-1]``) with the retention score, and (``save``: rank
+    0) the checkpoint: weights, optimiser, schedule, settings, history, training seconds, the ranks' nodes."""
+    import ray.train
+
+    row = history[-1]
+    with tempfile.TemporaryDirectory() as d:
+        ckpt = None
+        if save:
+            save_checkpoint(
+                Path(d) / CHECKPOINT_FILE,
+                model,
+                opt,
+                sched,
+                epoch=row["epoch"],
+                params=params_tree,
+                metrics=row,
+                history=history,
+                elapsed_s=row["train/elapsed_s"],
+                worker_nodes=nodes,
+            )
+            ckpt = ray.train.Checkpoint.from_directory(d)
+        # the retention score: epochs without an evaluation rank below every evaluated one (NaN)
+        score = {SCORE_KEY: row.get(best_metric, float("nan"))}
+        ray.train.report({**row, **score}, checkpoint=ckpt)
+
+
+def epoch_row(
+    epoch: int, losses: dict[str, float], seconds: float, elapsed: float, global_batch: int, val: dict[str, float]
+) -> dict[str, Any]:
+    """An epoch's history row: the mean training losses, speed (``losses["steps"]`` steps of
+    ``global_batch`` samples in ``seconds``), the training wall-clock so far, and the evaluation's numbers."""
+    samples = losses.pop("steps") * global_batch
+    speed = {"train/seconds": seconds, "train/samples_per_s": samples / seconds}
+    return {"epoch": epoch, **{f"train/{k}": v for k, v in losses.items()}, **speed, "train/elapsed_s": elapsed, **val}
+
+
+class RankZeroLog:
+    """What rank 0 sends to the run's MLflow run: the ranks' nodes, system metrics, each epoch's numbers and
+    prediction panels of the first val images (``tracking.log_images`` of them)."""
+
+    def __init__(self, config: dict[str, Any], params: Params, model: Any, shards: str, device: Any) -> None:
+        self.uri, self.run_id, self.params = (
+            tracking.from_driver(config["tracking_uri"]),
+            config["mlflow_run_id"],
+            params,
+        )
+        self.net = model.module if hasattr(model, "module") else model
+        self.viz = None
+        if params.tracking.log_images:
+            skip = params.data.on_bad_sample
+            self.viz = first_batch(eval_loader(shards, "val", params.tracking.log_images, on_bad_sample=skip))
+            self.viz["rgb"] = self.viz["rgb"].to(device)
+
+    def start(self, nodes: list[str], resumed: bool) -> Any:
+        """Tag where this attempt's ranks run (after a node failure they may have moved); start the system
+        metrics monitor (returned; ``None`` when ``tracking.system_metrics_s`` is 0)."""
+        tracking.set_tags(self.uri, self.run_id, {NODES_TAG: json.dumps(nodes)})
+        if self.params.tracking.system_metrics_s > 0:
+            return tracking.system_metrics(self.uri, self.run_id, self.params.tracking.system_metrics_s, resume=resumed)
+        return None
+
+    def log(self, row: dict[str, Any]) -> None:
+        """The epoch's numbers and prediction panels, once the report has gone through."""
+        tracking.log_metrics(self.uri, self.run_id, row, step=row["epoch"])
+        if self.viz is not None:
+            panels = prediction_panels(self.net, self.viz, self.params)
+            step = row["epoch"]
+            tracking.log_images(self.uri, self.run_id, {f"val/sample_{i}": p for i, p in enumerate(panels)}, step=step)
