@@ -25,11 +25,11 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from vista.data.batch import to_tensors  # noqa: E402
 from vista.data.codec import decode_sample, encode_sample  # noqa: E402
 from vista.data.manifest import prepare  # noqa: E402
 from vista.data.shards import write_shards  # noqa: E402
 from vista.data.sources.base import get_source  # noqa: E402
-from vista.data.torch_dataset import to_tensors  # noqa: E402
 from vista.data.transforms import TrainTransform  # noqa: E402
 from vista.data.webdata import train_loader  # noqa: E402
 

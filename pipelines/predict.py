@@ -13,8 +13,8 @@ from rich.console import Console
 
 from vista import tracking
 from vista.config import Params
+from vista.data.batch import to_tensors
 from vista.data.sources.base import read_rgb
-from vista.data.torch_dataset import to_tensors
 from vista.engine import resolve_device
 from vista.recipe import load_trained, model_max_depth
 from vista.visualize import colorize_depth, colorize_normals, colorize_seg

@@ -179,7 +179,7 @@ def test_registered_model_loads_as_pyfunc_and_predicts_any_size(project: tuple[P
         assert out["normal"].shape == (n, h, w, 3)
         np.testing.assert_allclose(np.linalg.norm(out["normal"], axis=-1), 1.0, atol=1e-4)
         # the same numbers as the torch model on the normalised images
-        from vista.data.torch_dataset import IMAGENET_MEAN, IMAGENET_STD
+        from vista.data.batch import IMAGENET_MEAN, IMAGENET_STD
 
         x = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - IMAGENET_MEAN) / IMAGENET_STD
         with torch.no_grad():

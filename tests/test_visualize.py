@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from vista.data.torch_dataset import to_tensors
+from vista.data.batch import to_tensors
 from vista.visualize import colorize_depth, colorize_normals, colorize_seg, denormalize, palette, panel
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .data.batch import SKIPPED
 from .metrics import TaskMetrics
 
 log = logging.getLogger(__name__)
@@ -147,9 +148,6 @@ def poly_schedule(
         return decay
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-SKIPPED = "skipped"  # a batch's list of the samples a loader dropped (data.on_bad_sample: skip)
 
 
 def _skipped(batch: Batch, count: int | None) -> int | None:

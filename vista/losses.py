@@ -8,10 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-def valid_depth(target: Tensor) -> Tensor:
-    """Pixels with a usable depth: finite and > 0 (0 and inf mark missing measurements)."""
-    return torch.isfinite(target) & (target > 0)
+from .data.batch import valid_depth
 
 
 def silog_loss(pred: Tensor, target: Tensor, variance_focus: float = 0.85, scale: float = 10.0) -> Tensor:

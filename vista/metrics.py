@@ -15,7 +15,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from .losses import valid_depth
+from .data.batch import valid_depth
 
 
 class SegMetrics(Metric):

@@ -32,16 +32,16 @@ class VistaPyfunc(PythonModel):
         self.model, self.params = load_trained(context.artifacts[CHECKPOINT_ARTIFACT])
 
     def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
-        from vista.data.torch_dataset import IMAGENET_MEAN, IMAGENET_STD
+        from vista.data.batch import imagenet_normalize
 
         x = np.asarray(model_input)
         if x.ndim == 3:
             x = x[None]
         if x.ndim != 4 or x.shape[-1] != 3 or x.dtype != np.uint8:
             raise ValueError(f"expected uint8 RGB images N×H×W×3, got {x.dtype} array of shape {x.shape}")
-        rgb = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float() / 255.0  # (N, 3, H, W)
+        rgb = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)  # (N, 3, H, W) uint8
         with torch.no_grad():
-            out = self.model((rgb - IMAGENET_MEAN) / IMAGENET_STD)
+            out = self.model(imagenet_normalize(rgb))
         result: dict[str, np.ndarray] = {}
         if "depth" in out:
             result["depth"] = out["depth"][:, 0].numpy()

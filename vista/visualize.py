@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from matplotlib import colormaps
 
-from .data.torch_dataset import IMAGENET_MEAN, IMAGENET_STD
+from .data.batch import IMAGENET_MEAN, IMAGENET_STD
 
 if TYPE_CHECKING:
     from .config import Params

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from vista.data.batch import valid_depth
 from vista.data.codec import decode_sample, encode_sample
 from vista.data.transforms import TrainTransform, _hflip, _resize
-from vista.losses import valid_depth
 from vista.metrics import DepthMetrics
 
 # calibration of the down-sampled pair, from the docstring of skimage.data.stereo_motorcycle

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .torch_dataset import IMAGENET_MEAN, IMAGENET_STD
+from .batch import imagenet_normalize
 
 TensorSample = dict[str, Tensor]
 
@@ -123,7 +123,4 @@ def _jitter(rgb: Tensor, amount: float, u: Callable[[float, float], float]) -> T
 
 def normalize_rgb(s: TensorSample) -> TensorSample:
     """RGB uint8 (or float in [0, 1]) -> ImageNet-normalised float (the model's input)."""
-    out = dict(s)
-    rgb = s["rgb"].float() / 255.0 if s["rgb"].dtype == torch.uint8 else s["rgb"]
-    out["rgb"] = (rgb - IMAGENET_MEAN) / IMAGENET_STD
-    return out
+    return {**s, "rgb": imagenet_normalize(s["rgb"])}

@@ -33,9 +33,8 @@ from typing import Any, Literal
 import webdataset as wds
 from torch.utils.data import default_collate
 
-from ..engine import SKIPPED  # the batch entry that lists the samples dropped by on_bad_sample="skip"
+from .batch import SKIPPED, to_tensors  # SKIPPED: the batch entry that lists the samples dropped by "skip"
 from .codec import decode_sample
-from .torch_dataset import to_tensors
 from .transforms import TrainTransform, normalize_rgb
 
 TensorSample = dict[str, Any]
