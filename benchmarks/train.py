@@ -69,7 +69,7 @@ def ray_path(params, workers: int, cpus: int, epochs: int, storage: str) -> tupl
     )
     p = params.model_copy(update={"train": train})
     wall = time.perf_counter()
-    result, _ = fit(p)  # no MLflow run: tracking is not what is measured
+    result = fit(p)  # no MLflow run: tracking is not what is measured
     wall = time.perf_counter() - wall
     if result.error:
         raise RuntimeError(f"ray x{workers} failed: {result.error}")

@@ -23,6 +23,7 @@ from vista.config import Params, with_overrides
 from vista.data import shards_location
 from vista.data.webdata import eval_loader, load_index
 from vista.engine import evaluate, resolve_device
+from vista.files import write_json
 from vista.recipe import build_trained, model_differences, task_metrics
 
 EVAL_DIR = Path("eval")
@@ -109,7 +110,7 @@ def run(params: Params, console: Console | None = None) -> dict[str, Any]:
 
     plots = EVAL_DIR / "plots"
     plots.mkdir(parents=True, exist_ok=True)
-    (EVAL_DIR / "metrics.json").write_text(json.dumps(nest(results), indent=2, sort_keys=True) + "\n")
+    write_json(EVAL_DIR / "metrics.json", nest(results))
     card = json.loads((models / "model_card.json").read_text()) if (models / "model_card.json").is_file() else {}
     write_history(card.get("history", []), plots / "history.csv")
     with open(plots / "confusion.csv", "w", newline="") as f:

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import nullcontext
 from typing import Any
 
-import torch
 from rich.console import Console
 
 from pipelines.ports import free_port
 from vista import tracking
+from vista.checkpoint import load_checkpoint
 from vista.config import Params, project_path
 from vista.data import shards_location
 from vista.recipe import run_name
@@ -37,6 +38,7 @@ __all__ = [
     "ray_init",
     "ray_logging",
     "require_shards",
+    "shard_index",
     "storage_location",
 ]
 
@@ -80,21 +82,26 @@ def ray_init(verbose: bool = False) -> None:
     )
 
 
-def require_shards(params: Params) -> str:
-    """The shards location of ``params.data`` (absolute folder or URL prefix); raises when there is no
-    ``shards.json`` there (the shard stage has not run, or the URL is wrong)."""
-    from vista.data.webdata import read_index
+def shard_index(params: Params) -> tuple[str, dict[str, Any]]:
+    """The shards location of ``params.data`` (absolute folder or URL prefix) and its ``shards.json``,
+    read once; raises when there is none there (the shard stage has not run, or the URL is wrong)."""
+    from vista.data.webdata import load_index
 
     shards = shards_location(params.data)
     try:
-        read_index(shards)
+        index = load_index(shards)
     except FileNotFoundError:
         raise FileNotFoundError(
             f"{shards}/shards.json: no shards (run `vista prepare` and `vista shard`, or `dvc repro`)"
         ) from None
     except OSError as err:
         raise FileNotFoundError(str(err)) from None
-    return shards
+    return shards, index
+
+
+def require_shards(params: Params) -> str:
+    """The shards location of ``params.data``; raises as :func:`shard_index` does."""
+    return shard_index(params)[0]
 
 
 def storage_location(path: str) -> str:
@@ -112,24 +119,25 @@ def fit(
     callbacks: list[Any] = (),  # type: ignore[assignment]
     feed: Console | None = None,
     verbose: bool = False,
-) -> tuple[Any, str]:
-    """Train with Ray Train; returns ``(ray result, shards location)``.
+    shards: tuple[str, dict[str, Any]] | None = None,
+) -> Any:
+    """Train with Ray Train; returns Ray's result.
 
     Args:
         mlflow_run: ``(tracking uri, run id)`` that rank 0 logs into.
+        shards: ``(location, shards.json)`` when the caller has read them (:func:`shard_index`); the
+            workers get the index with their config and do not read it again.
         name, storage_path: the Ray Train run (default: :func:`run_name`, ``train.storage_path``).
         callbacks: Ray Train callbacks (a Tune trial passes ``TuneReportCallback``).
         feed: print one line per epoch there (:mod:`pipelines.feed`).
         verbose: Ray's INFO logs and the workers' output on the driver, when this call starts Ray.
     """
-    from contextlib import nullcontext
-
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from .feed import EpochFeed
 
-    shards = require_shards(params)
+    location, index = shards or shard_index(params)
     t = params.train
     storage = storage_path or t.storage_path
     worker_uri = tracking.for_workers(mlflow_run[0]) if mlflow_run else None  # before Ray starts: env
@@ -140,7 +148,8 @@ def fit(
         train_loop_per_worker,
         train_loop_config={
             "params": tracking.redacted_dump(params),  # what checkpoints and cards store
-            "shards": shards,
+            "shards": location,
+            "index": index,
             "tracking_uri": worker_uri,
             "mlflow_run_id": mlflow_run[1] if mlflow_run else None,
         },
@@ -160,7 +169,7 @@ def fit(
     )
     with lines or nullcontext():
         result = trainer.fit()
-    return result, shards
+    return result
 
 
 def best_checkpoint_state(result: Any, metric: str, mode: str) -> dict[str, Any]:
@@ -169,7 +178,7 @@ def best_checkpoint_state(result: Any, metric: str, mode: str) -> dict[str, Any]
         raise ValueError(f"train.best_metric={metric!r} was never reported (reported: {sorted(result.metrics)})")
     best = result.get_best_checkpoint(metric=metric, mode=mode)
     with checkpoint_files(best) as d:
-        return torch.load(d / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        return load_checkpoint(d / CHECKPOINT_FILE)
 
 
 def failure_reason(err: BaseException) -> str:

@@ -13,6 +13,7 @@ The driver side (``fit``, Ray start-up, failure reasons) is :mod:`pipelines.ray_
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import tempfile
 import time
@@ -23,9 +24,9 @@ from typing import Any
 import torch
 
 from vista import tracking
-from vista.checkpoint import load_checkpoint, save_checkpoint
+from vista.checkpoint import load_checkpoint, save_checkpoint, unwrap
 from vista.config import Params, validate_params
-from vista.data.webdata import eval_loader, load_index
+from vista.data.webdata import eval_loader
 from vista.engine import TimeBudget, evaluate, train_one_epoch
 from vista.recipe import build_model, task_metrics, training_parts
 from vista.visualize import first_batch, prediction_panels
@@ -72,7 +73,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
 
     params = validate_params(config["params"])
-    shards = config["shards"]
+    shards, index = config["shards"], config["index"]  # the driver read shards.json
     t, ld = params.train, params.loader
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -83,17 +84,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = ddp_model(params, world)
     checkpoint = ray.train.get_checkpoint()
     budget = TimeBudget(t.time_budget_s) if t.time_budget_s else None  # resumed below from the checkpoint
-    index = load_index(shards)
     opt, sched, loss_fn, train_data, steps = training_parts(params, model, shards, world, budget, index)
     metrics = task_metrics(params, index.get("classes"))  # per-class IoU under the classes' names
-    pin = device.type == "cuda"
-    skip = params.data.on_bad_sample
-    val_data = eval_loader(shards, "val", t.batch_size, ld.num_workers, on_bad_sample=skip, pin_memory=pin)
-    run = RankZeroLog(config, params, model, shards, device) if rank == 0 and config.get("mlflow_run_id") else None
+    pin, skip = device.type == "cuda", params.data.on_bad_sample
+    val_data = eval_loader(shards, "val", t.batch_size, ld.num_workers, skip, pin, index)
+    logged = rank == 0 and config.get("mlflow_run_id")  # rank 0 logs into the run's MLflow run
+    run = RankZeroLog(config, params, model, (shards, index), device) if logged else None
 
-    def validate() -> dict[str, float]:
-        return evaluate(model, val_data, metrics, device, amp=t.amp, channels_last=t.channels_last)
-
+    validate = functools.partial(evaluate, model, val_data, metrics, device, amp=t.amp, channels_last=t.channels_last)
     monitor = run.start(nodes, resumed=checkpoint is not None) if run else None
     try:
         if checkpoint is not None:
@@ -215,17 +213,22 @@ class RankZeroLog:
     """What rank 0 sends to the run's MLflow run: the ranks' nodes, system metrics, each epoch's numbers and
     prediction panels of the first val images (``tracking.log_images`` of them)."""
 
-    def __init__(self, config: dict[str, Any], params: Params, model: Any, shards: str, device: Any) -> None:
+    def __init__(
+        self, config: dict[str, Any], params: Params, model: Any, shards: tuple[str, dict[str, Any]], device: Any
+    ) -> None:
         self.uri, self.run_id, self.params = (
             tracking.from_driver(config["tracking_uri"]),
             config["mlflow_run_id"],
             params,
         )
-        self.net = model.module if hasattr(model, "module") else model
+        self.net = unwrap(model)
         self.viz = None
         if params.tracking.log_images:
             skip = params.data.on_bad_sample
-            self.viz = first_batch(eval_loader(shards, "val", params.tracking.log_images, on_bad_sample=skip))
+            location, index = shards
+            self.viz = first_batch(
+                eval_loader(location, "val", params.tracking.log_images, on_bad_sample=skip, index=index)
+            )
             self.viz["rgb"] = self.viz["rgb"].to(device)
 
     def start(self, nodes: list[str], resumed: bool) -> Any:

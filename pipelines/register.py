@@ -29,6 +29,7 @@ from rich.console import Console
 from vista import tracking
 from vista.checkpoint import read_trained
 from vista.config import Params, flatten
+from vista.files import write_json
 
 from .evaluate import EVAL_DIR
 
@@ -150,5 +151,5 @@ def run(params: Params, console: Console | None = None) -> dict[str, Any]:
         "gate": {"metric": key, "mode": mode, "value": value, "promoted": promote, "reason": reason},
         "aliases": {"challenger": version, "champion": champion},
     }
-    (models / "registered.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    write_json(models / "registered.json", record)
     return record

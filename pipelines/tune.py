@@ -102,7 +102,7 @@ def run_trial(config: dict[str, Any]) -> None:
     # how many times this trial's function started: > 1 when a restored sweep resumed it
     attempt = len(tracking.run_metrics_history(uri, run_id, "tune/attempt")) + 1
     tracking.log_metrics(uri, run_id, {"tune/attempt": attempt}, step=attempt)
-    result, _ = ray_train.fit(
+    result = ray_train.fit(
         params,
         (uri, run_id),
         name=trial_id,

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from .files import atomic_path
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The network inside a ``DistributedDataParallel`` (or ``DataParallel``) wrapper; any other module
+    as it is."""
+    return model.module if hasattr(model, "module") else model
 
 
 def save_checkpoint(
@@ -24,8 +31,7 @@ def save_checkpoint(
     ``extra`` must hold only tensors and builtins (e.g. the params dict, metrics).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    net = model.module if hasattr(model, "module") else model
+    net = unwrap(model)
     state = {
         "model": net.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
@@ -33,14 +39,8 @@ def save_checkpoint(
         "epoch": int(epoch),
         **extra,
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
@@ -60,8 +60,7 @@ def load_checkpoint(
     except Exception as err:
         raise RuntimeError(f"checkpoint {path} could not be read safely: {err}") from err
     if model is not None:
-        net = model.module if hasattr(model, "module") else model
-        net.load_state_dict(state["model"])
+        unwrap(model).load_state_dict(state["model"])
     if optimizer is not None and state.get("optimizer") is not None:
         optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and state.get("scheduler") is not None:

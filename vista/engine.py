@@ -16,15 +16,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .checkpoint import unwrap
 from .data.batch import SKIPPED
 from .metrics import TaskMetrics
 
 log = logging.getLogger(__name__)
 Batch = Mapping[str, Tensor]
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -54,7 +51,7 @@ def build_optimizer(
     Every trainable parameter sits in exactly one group (the official depth code left the attention
     module out of the optimiser; this cannot).
     """
-    net = _unwrap(model)
+    net = unwrap(model)
     groups = net.param_groups() if hasattr(net, "param_groups") else {"backbone": [], "head": list(net.parameters())}
     param_groups = [
         {"name": "backbone", "params": [p for p in groups["backbone"] if p.requires_grad], "lr": lr},

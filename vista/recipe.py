@@ -232,6 +232,7 @@ def training_parts(
         seed=t.seed,
         on_bad_sample=params.data.on_bad_sample,
         pin_memory=next(model.parameters()).is_cuda,
+        index=index,
     )
     return opt, sched, loss_fn, data, steps
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import math
 import os
 import shutil
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 import webdataset as wds
 
+from ..files import write_json
 from .codec import encode_sample
 from .manifest import content_hash, read_manifest, ref_of
 from .sources.base import Source
@@ -44,15 +44,6 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class _ShardSink:
@@ -223,5 +214,5 @@ def _write_splits(
             "shards": sum(len(s["shards"]) for s in splits.values()),
         },
     }
-    _write_atomic(out / "shards.json", (json.dumps(index, indent=2, sort_keys=True) + "\n").encode())
+    write_json(out / "shards.json", index)
     return index

@@ -284,6 +284,7 @@ def train_loader(
     samples_per_epoch: int | None = None,
     on_bad_sample: OnBadSample = "error",
     pin_memory: bool = False,
+    index: dict[str, Any] | None = None,
 ) -> wds.WebLoader:
     """An endless, resampled training stream cut into epochs of equal length on every rank.
 
@@ -293,12 +294,13 @@ def train_loader(
         pin_memory: batches in page-locked memory (for non-blocking copies to a CUDA device).
         on_bad_sample: ``error`` (a bad sample fails the run, naming shard and key) or ``skip`` (dropped,
             counted in each batch's ``skipped``; the endless stream keeps every batch full).
+        index: ``shards.json`` when the caller has read it (:func:`load_index`).
 
     Returns:
         A loader yielding batches ``{"key": [...], "rgb": (B, 3, H, W), "depth"?, "seg"?, "normal"?}``;
         each epoch has ``ceil(samples_per_epoch / (world_size · batch_size))`` batches per rank.
     """
-    index = load_index(location)
+    index = index if index is not None else load_index(location)
     digests = shard_digests(location, split, index)
     _, world = distributed_info()
     total = samples_per_epoch or index["splits"][split]["samples"]
@@ -327,16 +329,17 @@ def eval_loader(
     num_workers: int = 0,
     on_bad_sample: OnBadSample = "error",
     pin_memory: bool = False,
+    index: dict[str, Any] | None = None,
 ) -> wds.WebLoader:
     """One pass over ``split``: every sample exactly once across all ranks and workers.
 
     With ``on_bad_sample="skip"`` bad samples are dropped and listed in the batches' ``skipped`` (a batch
-    may then be short, or hold only ``skipped``).
+    may then be short, or hold only ``skipped``). ``index``: ``shards.json`` when the caller has read it.
 
     Raises:
         ValueError: fewer shards than ranks × workers.
     """
-    digests = shard_digests(location, split, load_index(location))
+    digests = shard_digests(location, split, index if index is not None else load_index(location))
     _, world = distributed_info()
     check_shard_count(len(digests), world, num_workers, split, location)
     pipeline = wds.DataPipeline(
