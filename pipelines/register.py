@@ -33,7 +33,6 @@ from vista.files import write_json
 
 from .evaluate import EVAL_DIR
 
-LEGACY_METRIC_TAG = "metric."  # older versions: metric.<split/task/metric> = value tags (now model metrics)
 SHA_TAG = "checkpoint_sha256"
 
 
@@ -72,34 +71,25 @@ def model_description(params: Params, champion: str, held: str, challenger: str)
 
 
 def run(params: Params, console: Console | None = None) -> dict[str, Any]:
+    """Register ``models/best.pt`` (once per checkpoint), alias it challenger, and champion when it passes
+    the gate; describe the version and the model; write ``models/registered.json``."""
     console = console or Console()
     models = Path(params.train.models_dir)
-    best, card_path, metrics_path = models / "best.pt", models / "model_card.json", EVAL_DIR / "metrics.json"
-    for path, how in ((best, "vista train"), (card_path, "vista train"), (metrics_path, "vista evaluate")):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: missing (run `{how}` first, or `dvc repro`)")
-    state, trained = read_trained(best)  # what is registered is the model as trained, whatever params.yaml says now
-    card = json.loads(card_path.read_text())
-    metrics = {k: float(v) for k, v in flatten(json.loads(metrics_path.read_text()), sep="/").items()}
+    best, state, trained, card, metrics = read_inputs(params)
     key, mode = gate(params)
-    if key not in metrics:
-        raise ValueError(f"registry gate metric {key!r} is not in {metrics_path} (has: {sorted(metrics)})")
-    value = metrics[key]
-    reg = params.registry
+    value, reg = metrics[key], params.registry
     name = reg.model_name
     uri = tracking.tracking_uri(params.tracking.uri)
     tracking.check_server(uri)
-    run_id = (card.get("mlflow") or {}).get("run_id")
-    if not run_id:
-        raise ValueError(f"{card_path}: no MLflow run id (train with this version of vista to get one)")
+    run_id = card["mlflow"]["run_id"]
     sha = hashlib.sha256(best.read_bytes()).hexdigest()
     data = card.get("data", {})
     dataset, data_version = data.get("dataset") or trained.data.dataset, data.get("version", "unknown")
 
     version = tracking.find_version(uri, name, SHA_TAG, sha)
     created = version is None
+    epoch = int(card.get("best_epoch", state.get("epoch", 0)))  # the model's epoch in its training run
     if created:
-        epoch = int(card.get("best_epoch", state.get("epoch", 0)))  # the model's epoch in its training run
         model_id = tracking.log_model(uri, run_id, best, list(trained.model.tasks), epoch)
         # its evaluation, on the dataset and data version it was trained on (also recorded in the run)
         tracking.log_model_metrics(uri, run_id, model_id, metrics, epoch, (dataset, data_version))
@@ -108,25 +98,10 @@ def run(params: Params, console: Console | None = None) -> dict[str, Any]:
         console.print(f"registered {name} version {version} (models:/{model_id}, run {run_id})")
     else:
         console.print(f"{best} is already registered as {name} version {version}")
-    model_uri = f"models:/{name}/{version}"
     tracking.set_alias(uri, name, "challenger", version)
 
     current = tracking.version_by_alias(uri, name, "champion")
-    if current is None:
-        promote, reason = True, "no champion yet"
-    elif current.version == version:
-        promote, reason = True, f"version {version} is the champion already"
-    else:
-        # versions registered before their metrics went to the logged model carried them as tags
-        old = current.metrics.get(key, current.tags.get(f"{LEGACY_METRIC_TAG}{key}"))
-        if old is None:
-            promote, reason = False, f"champion version {current.version} has no {key} to compare; kept"
-        else:
-            promote = beats(value, float(old), mode, reg.min_delta)
-            cmp = "beats" if promote else "does not beat"
-            reason = f"{key} {value:.4f} {cmp} champion version {current.version}'s {float(old):.4f} ({mode})"
-            if current.tags.get("data_version") != data_version:
-                console.print(f"[yellow]note:[/] champion version {current.version} was evaluated on other data")
+    promote, reason, old = decide(params, version, value, current, data_version, console)
     if promote:
         tracking.set_alias(uri, name, "champion", version)
     champion = version if promote else current.version  # type: ignore[union-attr]
@@ -146,10 +121,50 @@ def run(params: Params, console: Console | None = None) -> dict[str, Any]:
     record = {
         "name": name,
         "version": version,
-        "model_uri": model_uri,
+        "model_uri": f"models:/{name}/{version}",
         "tracking_uri": tracking.redact(uri),
         "gate": {"metric": key, "mode": mode, "value": value, "promoted": promote, "reason": reason},
         "aliases": {"challenger": version, "champion": champion},
     }
     write_json(models / "registered.json", record)
     return record
+
+
+def read_inputs(params: Params) -> tuple[Path, dict[str, Any], Params, dict[str, Any], dict[str, float]]:
+    """``(models/best.pt, its state, the settings it was trained with, its model card, the evaluation's
+    metrics)``; a missing file names the command that writes it, a missing gate metric the file."""
+    models = Path(params.train.models_dir)
+    best, card_path, metrics_path = models / "best.pt", models / "model_card.json", EVAL_DIR / "metrics.json"
+    for path, how in ((best, "vista train"), (card_path, "vista train"), (metrics_path, "vista evaluate")):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing (run `{how}` first, or `dvc repro`)")
+    state, trained = read_trained(best)  # what is registered is the model as trained, whatever params.yaml says now
+    card = json.loads(card_path.read_text())
+    if not (card.get("mlflow") or {}).get("run_id"):
+        raise ValueError(f"{card_path}: no MLflow run id (train with this version of vista to get one)")
+    metrics = {k: float(v) for k, v in flatten(json.loads(metrics_path.read_text()), sep="/").items()}
+    key, _ = gate(params)
+    if key not in metrics:
+        raise ValueError(f"registry gate metric {key!r} is not in {metrics_path} (has: {sorted(metrics)})")
+    return best, state, trained, card, metrics
+
+
+def decide(
+    params: Params, version: str, value: float, current: Any, data_version: str, console: Console
+) -> tuple[bool, str, float | None]:
+    """The gate: ``(promote, reason, the champion's value)`` for ``version`` scoring ``value`` against the
+    ``current`` champion (``None``: there is none)."""
+    key, mode = gate(params)
+    if current is None:
+        return True, "no champion yet", None
+    if current.version == version:
+        return True, f"version {version} is the champion already", None
+    old = current.metrics.get(key)
+    if old is None:
+        return False, f"champion version {current.version} has no {key} to compare; kept", None
+    promote = beats(value, float(old), mode, params.registry.min_delta)
+    cmp = "beats" if promote else "does not beat"
+    reason = f"{key} {value:.4f} {cmp} champion version {current.version}'s {float(old):.4f} ({mode})"
+    if current.tags.get("data_version") != data_version:
+        console.print(f"[yellow]note:[/] champion version {current.version} was evaluated on other data")
+    return promote, reason, old

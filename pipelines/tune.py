@@ -97,8 +97,7 @@ def run_trial(config: dict[str, Any]) -> None:
     uri, parent, sweep = tracking.from_driver(config["tracking_uri"]), config["parent_run_id"], config["sweep"]
     tags = {"mlflow.parentRunId": parent, "sweep": sweep, "trial_id": trial_id}
     tags.update({f"tune.{k}": json.dumps(v) for k, v in config["overrides"].items()})
-    experiment = config.get("experiment") or params.experiment_name()  # absent in sweeps saved by older vista
-    run_id = tracking.start_run(uri, experiment, f"{sweep}/{trial_id}", params.flatten(), tags)
+    run_id = tracking.start_run(uri, config["experiment"], f"{sweep}/{trial_id}", params.flatten(), tags)
     # how many times this trial's function started: > 1 when a restored sweep resumed it
     attempt = len(tracking.run_metrics_history(uri, run_id, "tune/attempt")) + 1
     tracking.log_metrics(uri, run_id, {"tune/attempt": attempt}, step=attempt)
@@ -126,25 +125,58 @@ def storage_join(storage: str, *parts: str) -> str:
     return urlunsplit(u._replace(path="/".join([u.path.rstrip("/"), *parts])))
 
 
-def run(params: Params, console: Console | None = None) -> dict[str, Any]:
-    """Run (or resume) the sweep; write results.parquet and best_params.yaml; return the best trial."""
-    import ray
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+def check_sweep(params: Params) -> tuple[str, str]:
+    """What can fail before Ray starts, checked first: the search space (not empty, every corner valid),
+    the metric, the model (:func:`vista.recipe.preflight`), the shards. Returns the metric and its mode."""
+    from vista.metrics import check_metric_key
 
-    console = console or Console()
-    tp = params.tune
-    if not tp.search_space:
+    if not params.tune.search_space:
         raise ValueError(
             "tune.search_space is empty: add settings to sweep, e.g. model.attention.rank: {choice: [1, 3]}"
         )
     check_space(params)
     metric, mode = metric_and_mode(params)
-    from vista.metrics import check_metric_key
-
     check_metric_key(metric, params.model.tasks, "tune.metric")
     preflight(params)
     ray_train.require_shards(params)
+    return metric, mode
+
+
+def scheduler_and_searcher(params: Params) -> dict[str, Any]:
+    """``TuneConfig``'s ``scheduler`` (ASHA on the epoch counter, or FIFO) and ``search_alg`` (random,
+    seeded, also expanding ``grid``; or Optuna TPE) of ``params.tune``."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    tp = params.tune
+    if tp.scheduler.type == "asha":
+        scheduler = ASHAScheduler(
+            time_attr="epoch",
+            max_t=tp.scheduler.max_epochs or params.train.epochs,
+            grace_period=tp.scheduler.grace_period,
+            reduction_factor=tp.scheduler.reduction_factor,
+        )
+    else:
+        scheduler = FIFOScheduler()
+    if tp.searcher == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        search_alg = OptunaSearch(seed=tp.seed)
+    else:
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        # seeded (the same samples for the same seed); passed explicitly, it must get the concurrency cap itself
+        search_alg = BasicVariantGenerator(random_state=tp.seed, max_concurrent=tp.max_concurrent_trials)
+    return {"scheduler": scheduler, "search_alg": search_alg}
+
+
+def run(params: Params, console: Console | None = None) -> dict[str, Any]:
+    """Run (or resume) the sweep; write results.parquet and best_params.yaml; return the best trial."""
+    import ray
+    from ray import tune
+
+    console = console or Console()
+    tp = params.tune
+    metric, mode = check_sweep(params)
     name = sweep_name(params)
     storage = ray_train.storage_location(tp.storage_path)
     uri = tracking.tracking_uri(params.tracking.uri)
@@ -178,39 +210,17 @@ def run(params: Params, console: Console | None = None) -> dict[str, Any]:
         console.print(f"resuming sweep {name} from {path}")
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True, param_space=config)
     else:
-        if tp.scheduler.type == "asha":
-            scheduler = ASHAScheduler(
-                time_attr="epoch",
-                max_t=max_epochs,
-                grace_period=tp.scheduler.grace_period,
-                reduction_factor=tp.scheduler.reduction_factor,
-            )
-        else:
-            scheduler = FIFOScheduler()
-        if tp.searcher == "optuna":
-            from ray.tune.search.optuna import OptunaSearch
-
-            search_alg = OptunaSearch(seed=tp.seed)
-        else:
-            from ray.tune.search.basic_variant import BasicVariantGenerator
-
-            # seeded (the same samples for the same seed); passed explicitly, it must get the concurrency cap itself
-            search_alg = BasicVariantGenerator(random_state=tp.seed, max_concurrent=tp.max_concurrent_trials)
-        tuner = tune.Tuner(
-            trainable,
-            param_space=config,
-            tune_config=tune.TuneConfig(
-                metric=metric,
-                mode=mode,
-                num_samples=tp.num_samples,
-                scheduler=scheduler,
-                search_alg=search_alg,
-                max_concurrent_trials=tp.max_concurrent_trials,
-                trial_dirname_creator=lambda trial: trial.trial_id,
-                trial_name_creator=lambda trial: trial.trial_id,
-            ),
-            run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1),
+        tune_config = tune.TuneConfig(
+            metric=metric,
+            mode=mode,
+            num_samples=tp.num_samples,
+            **scheduler_and_searcher(params),
+            max_concurrent_trials=tp.max_concurrent_trials,
+            trial_dirname_creator=lambda trial: trial.trial_id,
+            trial_name_creator=lambda trial: trial.trial_id,
         )
+        run_config = tune.RunConfig(name=name, storage_path=storage, verbose=1)
+        tuner = tune.Tuner(trainable, param_space=config, tune_config=tune_config, run_config=run_config)
     grid = tuner.fit()
     if ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
         ray.shutdown()

@@ -23,52 +23,9 @@ PLOT_DPI = 100
 
 def summarize(params: Params, grid: Any, name: str, uri: str, parent: str, console: Console) -> dict[str, Any]:
     """results.parquet + best_params.yaml + plots; the parent run gets the summary."""
-    import pandas as pd
-
     metric, mode = metric_and_mode(params)
-    max_epochs = params.tune.scheduler.max_epochs or params.train.epochs
     keys = list(params.tune.search_space)
-    # one row per trial that reported anything: its last report, and the report where the metric was best
-    final = grid.get_dataframe()
-    if "trial_id" not in final:
-        first = f": {grid.errors[0]}" if grid.errors else ""
-        raise RuntimeError(f"sweep {name}: no trial reported any result ({grid.num_errors} failed){first}")
-    final = final.set_index("trial_id")
-    nan = float("nan")
-    try:
-        peak = grid.get_dataframe(filter_metric=metric, filter_mode=mode).set_index("trial_id")
-    except ValueError:
-        # a trial reported the metric only as NaN: Ray's idxmax raises under pandas 3 (Ray catches TypeError
-        # only); take each trial's best value from its own history then
-        peak = pd.DataFrame(
-            {metric: {r.metrics["trial_id"]: _best_value(r.metrics_dataframe, metric, mode) for r in grid if r.metrics}}
-        )
-    rows = []
-    for result in grid:  # what the data frames do not say: the trial's error; and its MLflow child run
-        trial_id = (result.metrics or {}).get("trial_id")
-        if trial_id not in final.index:
-            continue
-        epochs = int(final.at[trial_id, "epoch"]) if "epoch" in final and pd.notna(final.at[trial_id, "epoch"]) else 0
-        stopped = result.error is None and epochs < max_epochs
-        # ASHA stops a trial by ending its process: its child run is closed here
-        child = tracking.find_run(uri, params.experiment_name(), f"{name}/{trial_id}")
-        if child is not None:
-            tracking.end_run(uri, child, "FAILED" if result.error else "FINISHED")
-            tracking.set_tags(uri, child, {"tune.stopped_early": str(stopped).lower(), "tune.epochs": str(epochs)})
-        rows.append(
-            {
-                "trial_id": trial_id,
-                **dict(result.config["overrides"]),
-                "epochs": epochs,
-                "stopped_early": stopped,
-                "error": str(result.error)[:500] if result.error else None,
-                f"final {metric}": float(final.at[trial_id, metric]) if metric in final else nan,
-                f"best {metric}": float(peak.at[trial_id, metric])
-                if trial_id in peak.index and metric in peak
-                else nan,
-            }
-        )
-    df = pd.DataFrame(rows).sort_values(f"best {metric}", ascending=mode == "min", na_position="last")
+    df = trial_table(params, grid, name, uri)
     # the best trial: the best value it ever reported (scope "all"), not its last one (ASHA may have cut it)
     best_result = grid.get_best_result(metric, mode, scope="all")
     best_overrides = {k: _plain(v) for k, v in best_result.config["overrides"].items()}
@@ -94,10 +51,71 @@ def summarize(params: Params, grid: Any, name: str, uri: str, parent: str, conso
         tracking.log_figure(uri, parent, fig, fname, dpi=PLOT_DPI)
         fig.savefig(out / fname, dpi=PLOT_DPI)
         plt.close(fig)
-    values = df[f"best {metric}"].dropna()
     tracking.log_metrics(uri, parent, {f"best {metric}".replace(" ", "_"): float(best[f"best {metric}"])}, step=0)
     tracking.end_run(uri, parent)
 
+    print_table(console, df, keys, metric, name)
+    values = df[f"best {metric}"].dropna()
+    console.print(
+        f"best: {best_overrides} -> {metric} {best[f'best {metric}']:.4f} (spread over trials "
+        f"{values.min():.4f} .. {values.max():.4f}); wrote {out / RESULTS_FILE}, {out / BEST_FILE}"
+        + (f"; {grid.num_errors} trial(s) failed (column error)" if grid.num_errors else "")
+    )
+    return {"name": name, "best": best_overrides, "value": float(best[f"best {metric}"]), "trials": len(df)}
+
+
+def trial_table(params: Params, grid: Any, name: str, uri: str) -> Any:
+    """One row per trial that reported anything, best first: its values, epochs, whether ASHA stopped it,
+    its error, its last and its best value of the metric. Closes each trial's MLflow child run (ASHA stops
+    a trial by ending its process) and tags it with its epochs and whether it stopped early."""
+    import pandas as pd
+
+    metric, mode = metric_and_mode(params)
+    max_epochs = params.tune.scheduler.max_epochs or params.train.epochs
+    # one row per trial that reported anything: its last report, and the report where the metric was best
+    final = grid.get_dataframe()
+    if "trial_id" not in final:
+        first = f": {grid.errors[0]}" if grid.errors else ""
+        raise RuntimeError(f"sweep {name}: no trial reported any result ({grid.num_errors} failed){first}")
+    final = final.set_index("trial_id")
+    nan = float("nan")
+    try:
+        peak = grid.get_dataframe(filter_metric=metric, filter_mode=mode).set_index("trial_id")
+    except ValueError:
+        # a trial reported the metric only as NaN: Ray's idxmax raises under pandas 3 (Ray catches TypeError
+        # only); take each trial's best value from its own history then
+        peak = pd.DataFrame(
+            {metric: {r.metrics["trial_id"]: _best_value(r.metrics_dataframe, metric, mode) for r in grid if r.metrics}}
+        )
+    rows = []
+    for result in grid:  # what the data frames do not say: the trial's error; and its MLflow child run
+        trial_id = (result.metrics or {}).get("trial_id")
+        if trial_id not in final.index:
+            continue
+        epochs = int(final.at[trial_id, "epoch"]) if "epoch" in final and pd.notna(final.at[trial_id, "epoch"]) else 0
+        stopped = result.error is None and epochs < max_epochs
+        child = tracking.find_run(uri, params.experiment_name(), f"{name}/{trial_id}")
+        if child is not None:
+            tracking.end_run(uri, child, "FAILED" if result.error else "FINISHED")
+            tracking.set_tags(uri, child, {"tune.stopped_early": str(stopped).lower(), "tune.epochs": str(epochs)})
+        rows.append(
+            {
+                "trial_id": trial_id,
+                **dict(result.config["overrides"]),
+                "epochs": epochs,
+                "stopped_early": stopped,
+                "error": str(result.error)[:500] if result.error else None,
+                f"final {metric}": float(final.at[trial_id, metric]) if metric in final else nan,
+                f"best {metric}": float(peak.at[trial_id, metric])
+                if trial_id in peak.index and metric in peak
+                else nan,
+            }
+        )
+    return pd.DataFrame(rows).sort_values(f"best {metric}", ascending=mode == "min", na_position="last")
+
+
+def print_table(console: Console, df: Any, keys: list[str], metric: str, name: str) -> None:
+    """The trials, best first: their values, epochs (stopped early or not) and best value of the metric."""
     table = Table("trial", *keys, "epochs", f"best {metric}", title=f"sweep {name}")
     for _, r in df.iterrows():
         table.add_row(
@@ -107,12 +125,6 @@ def summarize(params: Params, grid: Any, name: str, uri: str, parent: str, conso
             f"{r[f'best {metric}']:.4f}",
         )
     console.print(table)
-    console.print(
-        f"best: {best_overrides} -> {metric} {best[f'best {metric}']:.4f} (spread over trials "
-        f"{values.min():.4f} .. {values.max():.4f}); wrote {out / RESULTS_FILE}, {out / BEST_FILE}"
-        + (f"; {grid.num_errors} trial(s) failed (column error)" if grid.num_errors else "")
-    )
-    return {"name": name, "best": best_overrides, "value": float(best[f"best {metric}"]), "trials": len(df)}
 
 
 def _best_value(history: Any, metric: str, mode: str) -> float:
