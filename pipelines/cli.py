@@ -3,7 +3,9 @@ override it, validated the same way."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -57,6 +59,23 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+def _logging(level: int = logging.INFO) -> None:
+    """Log records of vista and the libraries as ``LEVEL name: message`` on stderr."""
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+@contextlib.contextmanager
+def _one_line_errors(*extra: type[BaseException]) -> Iterator[None]:
+    """Expected failures (:func:`_expected_errors`, and ``extra``) inside the block exit 1 with one
+    ``error:`` line; anything else keeps its traceback."""
+    try:
+        yield
+    except Exception as err:
+        if isinstance(err, (*extra, *_expected_errors())):
+            raise _fail(err) from None
+        raise
+
+
 def _load(params: Path, overrides: list[str] | None, profile: str | None):  # noqa: ANN202
     try:
         return load_params(params, overrides or [], profile)
@@ -72,7 +91,7 @@ def train(
     verbose: VerboseOpt = False,
 ) -> None:
     """Train on the shards with Ray Train; writes models/best.pt, model_card.json, samples.png."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _logging()
     _stage("train", params, set_, profile, verbose=verbose)
 
 
@@ -82,12 +101,8 @@ def _stage(module: str, params: Path, overrides: list[str] | None, profile: str 
 
     p = _load(params, overrides, profile)
     stage = importlib.import_module(f"{__package__}.{module}")
-    try:
+    with _one_line_errors():
         stage.run(p, console, **kwargs)
-    except Exception as err:
-        if isinstance(err, _expected_errors()):
-            raise _fail(err) from None
-        raise
 
 
 @app.command()
@@ -116,7 +131,7 @@ def run_(
     verbose: VerboseOpt = False,
 ) -> None:
     """train -> evaluate -> register in one go (the stages after `shard`): what `ray job submit` runs."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _logging()
     for stage in ("train", "evaluate", "register"):
         console.rule(f"[bold]{stage}")
         _stage(stage, params, set_, profile, **({"verbose": verbose} if stage == "train" else {}))
@@ -138,7 +153,7 @@ def tune(
 ) -> None:
     """Run (or resume) the sweep in params.tune: tune/results.parquet, tune/best_params.yaml, MLflow runs."""
     if ctx.invoked_subcommand is None:
-        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        _logging(logging.WARNING)
         _stage("tune", params, set_, profile)
 
 
@@ -170,17 +185,13 @@ def study(
     verbose: VerboseOpt = False,
 ) -> None:
     """Equal-budget comparison: every model × seed of the study, then a mean ± std table and curves."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _logging()
     from . import study as stage
 
     p = _load(params, None, None)
-    try:
+    with _one_line_errors():
         overrides = dict(parse_overrides(set_ or []))
         stage.run(p, name, smoke, console, overrides, seeds, verbose=verbose)
-    except Exception as err:
-        if isinstance(err, _expected_errors()):
-            raise _fail(err) from None
-        raise
 
 
 @app.command()
@@ -213,12 +224,8 @@ def predict(
         from vista.tracking import tracking_uri
 
         uri = tracking_uri(_load(params, None, None).tracking.uri if params.is_file() else None)
-    try:
+    with _one_line_errors(SampleError):
         stage.run(images, model, out, console, tracking_uri=uri, max_side=max_side, device=device)
-    except Exception as err:
-        if isinstance(err, (SampleError, *_expected_errors())):
-            raise _fail(err) from None
-        raise
 
 
 @app.command()
@@ -255,15 +262,15 @@ def datasets(name: Annotated[str | None, typer.Argument(help="dataset name")] = 
     """List the dataset adapters, or show where to get one and the layout it expects."""
     import importlib
 
-    from vista.data.sources.base import SOURCE_MODULES
+    from vista.data.sources.base import DATASETS
 
     if name is None:
-        for n in SOURCE_MODULES:
+        for n in DATASETS:
             console.print(n)
         return
-    if name not in SOURCE_MODULES:
-        raise _fail(f"unknown dataset {name!r}; choose one of {sorted(SOURCE_MODULES)}", 2)
-    module = importlib.import_module(f"vista.data.sources.{SOURCE_MODULES[name]}")
+    if name not in DATASETS:
+        raise _fail(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}", 2)
+    module = importlib.import_module(f"vista.data.sources.{name}")
     console.print((module.__doc__ or "").strip())
     console.print()
     console.print(module.DOWNLOAD)

@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .data.sources.base import DATASETS
+
 Task = Literal["depth", "seg", "normal"]
 _Side = Annotated[int, Field(ge=16, le=4096)]  # an image or crop side in pixels
 PROFILE_ENV = "VISTA_PROFILE"
@@ -97,7 +99,7 @@ class ModelParams(_Strict):
         return v
 
 
-DatasetName = Literal["synthetic", "camvid", "nyu_depth_v2", "kitti_depth", "cityscapes", "pascal_context"]
+DatasetName = Literal[DATASETS]  # type: ignore[valid-type]  # Literal["synthetic", "camvid", ...]
 
 
 class DataParams(_Strict):
@@ -387,7 +389,7 @@ def parse_overrides(overrides: Iterable[str]) -> list[tuple[str, Any]]:
     return out
 
 
-def _format_error(err: ValidationError, tree: Mapping[str, Any]) -> str:
+def _format_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
@@ -410,7 +412,7 @@ def validate_params(tree: Mapping[str, Any]) -> Params:
     try:
         return Params.model_validate(tree)
     except ValidationError as err:
-        raise ParamsError(_format_error(err, tree)) from None
+        raise ParamsError(_format_error(err)) from None
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

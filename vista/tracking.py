@@ -12,7 +12,7 @@ One training run (one Ray Train run name) is one MLflow run: a re-run that resum
 the tag ``vista.run_name``, so the metric history stays in one place. Every experiment vista uses is tagged
 as model training (``mlflow.experimentKind``), which MLflow records and searches by; MLflow 3.17's UI
 still opens every experiment in its GenAI view unless the URL asks for ``workflowType=machine_learning``,
-so ``vista ui`` prints that link (``pipelines.cli.experiment_page``).
+so ``vista ui`` prints that link.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from .config import project_path
 RUN_NAME_TAG = "vista.run_name"
 FAILURE_TAG = "vista.failure"  # the reason a run ended FAILED
 # the experiment kind MLflow (3.x) records ("custom_model_development" = "Model training"); the 3.17 UI
-# picks its view from its own switch or the URL's workflowType, not from this tag (pipelines.cli.experiment_page)
+# picks its view from its own switch or the URL's workflowType, not from this tag (`vista ui` links with it)
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"
 DIGEST_CHARS = 12  # MLflow keeps at most 36 characters of a dataset digest; a data version is a sha256

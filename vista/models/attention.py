@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, NamedTuple
 
 import torch
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .filtering import message_evidence, pixel_adaptive_filter  # noqa: F401  (public here since before the split)
+from .layers import conv_bn_relu
 
 ChannelInit = Literal["uniform", "learned", "random"]
 Fusion = Literal["residual", "official"]
@@ -156,16 +157,6 @@ class AttentionConfig:
         if self.fusion == "official":
             return (len(self.senders) + 1) * self.width
         return len(self.receivers) * self.width
-
-    @property
-    def out_stride_factor(self) -> int:
-        """Output stride relative to the grid messages live on (the finest sender or receiver)."""
-        return 4 if self.fusion == "official" else 1
-
-    def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("_names", None)
-        return d
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -314,14 +305,6 @@ def gated_message(s: Tensor, phi: Tensor, v: Tensor, m: Tensor, *, gate_evidence
 # --------------------------------------------------------------------------------------------------
 # Modules
 # --------------------------------------------------------------------------------------------------
-
-
-def _conv_bn_relu(cin: int, cout: int, *, stride: int = 1, bias: bool = False) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=bias),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-    )
 
 
 class AttentionGatedMessage(nn.Module):
@@ -536,7 +519,7 @@ class StructuredAttention(nn.Module):
         used = [n for n in names if n in cfg.senders or n in cfg.receivers]
         # official registration order: conv5, conv4, conv3
         for n in reversed(used):
-            self.add_module(f"conv{stage[n]}", _conv_bn_relu(cfg.in_channels[names.index(n)], cfg.width))
+            self.add_module(f"conv{stage[n]}", conv_bn_relu(cfg.in_channels[names.index(n)], cfg.width))
         self.pairs: list[tuple[str, str, str]] = []  # (module name, sender, receiver)
         for r in cfg.receivers:
             for s in cfg.senders:
@@ -546,8 +529,8 @@ class StructuredAttention(nn.Module):
         self._stage = stage
         if cfg.fusion == "official":
             c4 = cfg.out_channels
-            self.combination_msgs_51 = _conv_bn_relu(c4, c4, stride=2, bias=True)
-            self.combination_msgs_52 = _conv_bn_relu(c4, c4, stride=2, bias=True)
+            self.combination_msgs_51 = conv_bn_relu(c4, c4, stride=2, bias=True)
+            self.combination_msgs_52 = conv_bn_relu(c4, c4, stride=2, bias=True)
 
     @property
     def out_channels(self) -> int:

@@ -42,7 +42,6 @@ class Backbone(nn.Module):
                 "on a connected machine and point HF_HOME (or TORCH_HOME) at that cache."
             ) from err
         self.channels: list[int] = list(self.body.feature_info.channels())
-        self.reductions: list[int] = list(self.body.feature_info.reduction())
 
     def forward(self, x: Tensor) -> list[Tensor]:
         return self.body(x)

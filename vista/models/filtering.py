@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .layout import samples_contiguous
+
 log = logging.getLogger(__name__)
 
 Backend = Literal["auto", "torch", "triton"]
@@ -210,7 +212,7 @@ def _evidence_backward(
 @functools.cache
 def _triton_module() -> ModuleType | None:
     """:mod:`vista.models.triton_filter`, or ``None`` (logged once) when triton does not import."""
-    try:
+    try:  # through sys.modules (not the package's attribute): an optional module, and tests can hide it
         triton_filter = importlib.import_module(f"{__package__}.triton_filter")
     except ImportError as e:  # triton is optional: it comes with CUDA builds of torch
         log.warning("triton is not importable (%s): message/evidence uses the shifted-products path on CUDA", e)
@@ -313,12 +315,6 @@ def _backward(ctx, g_s: Tensor, g_phi: Tensor) -> tuple[Tensor | None, ...]:  # 
 
 
 _message_evidence_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-def samples_contiguous(k: Tensor) -> bool:
-    """Whether each sample's k²×h×w block of ``k`` (B, k², h, w) is contiguous, at any batch stride (a
-    channel slice of one conv's output, as the model's kernels are): the layout the Triton kernels read."""
-    return k.shape[0] == 0 or k[0].is_contiguous()
 
 
 def _per_sample_contiguous(k: Tensor) -> Tensor:

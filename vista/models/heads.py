@@ -6,13 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .layers import conv_bn_relu
+
 TASK_CHANNELS = {"depth": 1, "normal": 3}
-
-
-def conv_bn_relu(cin: int, cout: int, k: int = 3) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
-    )
 
 
 class Decoder(nn.Module):

@@ -16,7 +16,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .layers import rescale_input
+from .registry import register_builder
 
 
 class LRASPPPeer(nn.Module):
@@ -51,10 +55,6 @@ class LRASPPPeer(nn.Module):
         return {"backbone": list(self.backbone.parameters()), "head": list(self.classifier.parameters())}
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        import torch.nn.functional as F
-
-        from .vista_net import rescale_input
-
         x_in = x if self.training else rescale_input(x, self.input_scale)  # inference resolution
         logits = self.classifier(self.backbone(x_in))  # (B, K, H/8, W/8)
         return {"seg": F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)}
@@ -77,3 +77,6 @@ def create_peer(name: str, **overrides: Any) -> nn.Module:
     if "tasks" in kw:
         kw["tasks"] = tuple(kw["tasks"])
     return LRASPPPeer(**kw)
+
+
+register_builder("lraspp_mnv3", lambda **overrides: create_peer("lraspp_mnv3", **overrides))

@@ -37,7 +37,7 @@ from torch import Tensor
 from triton.runtime.interpreter import InterpretedFunction
 from triton.runtime.jit import JITFunction
 
-from .filtering import samples_contiguous
+from .layout import samples_contiguous
 
 # (channels, pixels) per program. The per-pixel kernel taps are loaded once per tile and shared by its
 # channels; the backward writes ceil(C / channels) partial sums of the kernel gradients. Sized for

@@ -11,7 +11,9 @@ from torch import Tensor, nn
 
 from .attention import StructuredAttention, attention_config
 from .backbone import Backbone
-from .heads import AuxSegHead, Decoder, TaskHeads, conv_bn_relu
+from .heads import AuxSegHead, Decoder, TaskHeads
+from .layers import conv_bn_relu, rescale_input
+from .registry import list_models, register_builder
 
 
 @dataclass(frozen=True)
@@ -50,14 +52,6 @@ class ModelConfig:
     decoder_channels: int = 128
     aux_head: bool = False
     input_scale: float = 1.0
-
-
-def rescale_input(x: Tensor, scale: float) -> Tensor:
-    """``x`` (B, 3, H, W) resized by ``scale`` (bilinear; at least 1×1), or ``x`` itself at scale 1."""
-    if scale == 1.0:
-        return x
-    size = (max(1, round(x.shape[-2] * scale)), max(1, round(x.shape[-1] * scale)))
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
 
 
 class ProjectedNeck(nn.Module):
@@ -132,8 +126,7 @@ class VistaNet(nn.Module):
 # Registry
 # --------------------------------------------------------------------------------------------------
 
-_REGISTRY: dict[str, dict[str, Any]] = {}
-_PEERS = ("lraspp_mnv3",)  # vista.models.peers
+_CONFIGS: dict[str, dict[str, Any]] = {}  # the registered defaults of each VISTA-Net / baseline name
 _DEPTHS = {"r18": "resnet18", "r34": "resnet34", "r50": "resnet50", "r101": "resnet101"}
 
 
@@ -142,7 +135,8 @@ def register_model(name: str, **defaults: Any) -> None:
     unknown = sorted(set(defaults) - set(ModelConfig.__dataclass_fields__))
     if unknown:
         raise ValueError(f"register_model({name!r}): unknown option(s) {unknown}")
-    _REGISTRY[name] = defaults
+    _CONFIGS[name] = defaults
+    register_builder(name, lambda **overrides: VistaNet(model_config(name, **overrides)))
 
 
 for _tag, _bb in _DEPTHS.items():
@@ -167,14 +161,10 @@ register_model(
 )
 
 
-def list_models() -> list[str]:
-    return sorted([*_REGISTRY, *_PEERS])
-
-
 def model_config(name: str, **overrides: Any) -> ModelConfig:
     """The :class:`ModelConfig` of a registered VISTA-Net/baseline name with ``overrides`` applied
     (``None`` keeps the registered value; ``attention`` overrides merge into the registered ones)."""
-    if name not in _REGISTRY:
+    if name not in _CONFIGS:
         raise ValueError(f"model {name!r}: choose one of {list_models()}")
     known = set(ModelConfig.__dataclass_fields__)
     unknown = sorted(set(overrides) - known)
@@ -183,22 +173,7 @@ def model_config(name: str, **overrides: Any) -> ModelConfig:
     clean = {k: v for k, v in overrides.items() if v is not None}
     if "tasks" in clean:
         clean["tasks"] = tuple(clean["tasks"])
-    defaults = _REGISTRY[name]
+    defaults = _CONFIGS[name]
     if "attention" in clean:
         clean["attention"] = {**defaults.get("attention", {}), **clean["attention"]}
     return ModelConfig(**{**defaults, **clean})
-
-
-def create_model(name: str, **overrides: Any) -> nn.Module:
-    """Build a registered model, e.g. ``create_model("vista_r18", tasks=("depth", "seg"), num_classes=12)``.
-
-    Args:
-        name: one of :func:`list_models` (VISTA-Net, ``baseline_*``, ``cbam_*``, or a peer such as
-            ``lraspp_mnv3``, which ignores the neck/decoder options).
-        **overrides: :class:`ModelConfig` fields; ``None`` values keep the registered default.
-    """
-    if name in _PEERS:
-        from .peers import create_peer
-
-        return create_peer(name, **overrides)
-    return VistaNet(model_config(name, **overrides))

@@ -94,26 +94,20 @@ def register_source(cls: type[Source]) -> type[Source]:
     return cls
 
 
-# dataset name -> module under vista.data.sources (imported on demand: h5py/scipy only when needed)
-SOURCE_MODULES = {
-    "synthetic": "synthetic",
-    "camvid": "camvid",
-    "nyu_depth_v2": "nyu_depth_v2",
-    "kitti_depth": "kitti_depth",
-    "cityscapes": "cityscapes",
-    "pascal_context": "pascal_context",
-}
+# THE list of dataset names: each is an adapter module of that name under vista.data.sources, imported on
+# demand (h5py/scipy only when needed); the settings (vista.config) and the CLI take their choices from it
+DATASETS = ("synthetic", "camvid", "nyu_depth_v2", "kitti_depth", "cityscapes", "pascal_context")
 
 
 def source_names() -> list[str]:
-    return sorted(SOURCE_MODULES)
+    return sorted(DATASETS)
 
 
 def source_class(name: str) -> type[Source]:
     """The adapter class ``name`` (its dataset facts: tasks, classes, depth protocol), not instantiated."""
-    if name not in SOURCE_MODULES:
+    if name not in DATASETS:
         raise ValueError(f"data.dataset={name!r}: choose one of {source_names()}")
-    importlib.import_module(f"{__package__}.{SOURCE_MODULES[name]}")
+    importlib.import_module(f"{__package__}.{name}")
     return _SOURCES[name]
 
 
