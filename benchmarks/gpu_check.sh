@@ -41,7 +41,7 @@ step() {
 }
 
 { python -c "import torch, triton, timm; print('torch', torch.__version__, 'triton', triton.__version__, 'timm', timm.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else 'NO CUDA')"; nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv; } 2>&1 | tee "$out/env.txt"
-step model_tests 90 python -m pytest tests/models -m gpu -q -p no:cacheprovider -o addopts="" -rs
+step model_tests 90 python -m pytest tests/vista/models -m gpu -q -p no:cacheprovider -o addopts="" -rs
 cat "$out/env.txt" >> "$out/model_tests.txt" 2>/dev/null && rm "$out/env.txt"  # the 8-file limit
 step attention_target 110 python benchmarks/attention.py --device cuda --target --iters 10
 if [ -f shared/base/benchmarks/attention.py ]; then

@@ -26,7 +26,7 @@ from vista.engine import evaluate, resolve_device
 from vista.files import write_json
 from vista.recipe import build_trained, model_differences, task_metrics
 
-EVAL_DIR = Path("eval")
+from .outputs import EVAL_DIR
 
 
 def nest(flat: dict[str, float]) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from vista.checkpoint import read_trained
 from vista.config import Params, flatten
 from vista.files import write_json
 
-from .evaluate import EVAL_DIR
+from .outputs import EVAL_DIR
 
 SHA_TAG = "checkpoint_sha256"
 

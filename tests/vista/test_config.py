@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 from vista.config import ParamsError, load_params, validate_params
 
 PARAMS = ROOT / "params.yaml"

@@ -10,22 +10,18 @@ import pytest
 import torch
 
 from pipelines import evaluate, prepare, shard
-from tests.conftest import ROOT, break_sample
-from vista.config import Params, load_params, with_overrides
+from tests.helpers import break_sample
+from vista.config import Params, with_overrides
 from vista.recipe import build_model
 
 pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture
-def trained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Params:
+def trained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, smoke) -> Params:  # noqa: ANN001
     """Smoke shards and a (randomly initialised) models/best.pt with the settings it was built from."""
     monkeypatch.chdir(tmp_path)
-    params = load_params(
-        ROOT / "params.yaml",
-        [f"data.prepared_dir={tmp_path / 'prepared'}", f"data.shards_dir={tmp_path / 'shards'}"],
-        profile="smoke",
-    )
+    params = smoke()
     prepare.run(params)
     shard.run(params)
     torch.manual_seed(0)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 from vista.config import ParamsError, load_params
 
 pytestmark = pytest.mark.timeout(900)

@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from pipelines import register
 from pipelines.cli import app
-from tests.conftest import ROOT
+from tests.helpers import smoke_params
 from vista import tracking
-from vista.config import Params, load_params
+from vista.config import Params
 from vista.recipe import build_model
 
 pytestmark = pytest.mark.timeout(300)
@@ -28,7 +28,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Params, st
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    params = load_params(ROOT / "params.yaml", profile="smoke")
+    params = smoke_params()
     return params, uri
 
 

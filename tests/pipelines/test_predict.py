@@ -10,15 +10,14 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipelines.cli import app
-from tests.conftest import ROOT
-from vista.config import load_params
+from tests.helpers import smoke_params
 from vista.recipe import build_model
 
 runner = CliRunner()
 
 
 def test_predict_writes_each_task_at_input_size(tmp_path: Path) -> None:
-    params = load_params(ROOT / "params.yaml", profile="smoke")
+    params = smoke_params()
     model = build_model(params)
     torch.save(
         {"model": model.state_dict(), "params": params.model_dump(mode="json"), "epoch": 1, "metrics": {}},
@@ -50,7 +49,7 @@ def test_predict_errors_name_the_file(tmp_path: Path) -> None:
     r = runner.invoke(app, ["predict", str(tmp_path / "x.png"), "--model", str(tmp_path / "nope.pt")])
     assert r.exit_code == 1 and "nope.pt" in "".join(r.output.split("\n"))
     torch.save(
-        {"model": {}, "params": load_params(ROOT / "params.yaml", profile="smoke").model_dump(mode="json")},
+        {"model": {}, "params": smoke_params().model_dump(mode="json")},
         tmp_path / "m.pt",
     )
     r = runner.invoke(app, ["predict", str(tmp_path / "x.png"), "--model", str(tmp_path / "m.pt")])
@@ -58,7 +57,7 @@ def test_predict_errors_name_the_file(tmp_path: Path) -> None:
 
 
 def _checkpoint(tmp_path: Path) -> Path:
-    params = load_params(ROOT / "params.yaml", profile="smoke")
+    params = smoke_params()
     state = {"model": build_model(params).state_dict(), "params": params.model_dump(mode="json"), "epoch": 1}
     torch.save({**state, "metrics": {}}, tmp_path / "best.pt")
     return tmp_path / "best.pt"

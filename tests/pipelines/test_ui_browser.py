@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from pipelines import evaluate, prepare, register, shard
-from tests.conftest import ROOT
-from tests.ui import VistaUI
+from tests.helpers import smoke_params
+from tests.helpers.ui import VistaUI
 from vista import tracking
 from vista.checkpoint import save_checkpoint
-from vista.config import Params, load_params
+from vista.config import Params
 from vista.data.webdata import data_version, eval_loader
 from vista.engine import evaluate as measure
 from vista.engine import train_one_epoch
@@ -182,7 +182,7 @@ def test_compare_runs_and_see_the_champion_in_the_mlflow_ui(tmp_path: Path, monk
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     dirs = [f"data.prepared_dir={tmp_path / 'prepared'}", f"data.shards_dir={tmp_path / 'shards'}"]
     dirs.append(f"train.models_dir={tmp_path / 'models'}")
-    base = load_params(ROOT / "params.yaml", dirs, profile="smoke")
+    base = smoke_params(None, *dirs)
     tracking.experiment_id(uri, base.experiment_name())  # the backend exists before the server starts on it
     ui = VistaUI(uri)  # the server starts (the slowest step) while the data is made and the runs train
     threads = torch.get_num_threads()
@@ -191,15 +191,20 @@ def test_compare_runs_and_see_the_champion_in_the_mlflow_ui(tmp_path: Path, monk
         shard.run(base)
         torch.set_num_threads(1)  # training on one core, the server starting on the other
         runs: dict[str, tuple[str, dict[str, float]]] = {}
+        records: list[dict] = []
         for model in MODELS:
-            p = load_params(ROOT / "params.yaml", [*dirs, f"model.name={model}"], profile="smoke")
+            p = smoke_params(None, *[*dirs, f"model.name={model}"])
             name, run_id, row = train_and_log(p, uri)
             runs[name] = (run_id, row)
             evaluate.run(p)
-            record = register.run(p)
+            records.append(register.run(p))
         torch.set_num_threads(threads)
-        # version 1 is champion unless the second model beat it; version 2 is challenger
-        assert record["version"] == "2" and record["aliases"]["champion"] in ("1", "2"), record
+        # version 2 is challenger; champion only if its gate value beat version 1's by the margin
+        first, record = (r["gate"] for r in records), records[-1]
+        g1, g2 = first
+        won = register.beats(g2["value"], g1["value"], g2["mode"], base.registry.min_delta)
+        assert record["version"] == "2" and record["aliases"]["champion"] == ("2" if won else "1"), record
+        assert record["gate"]["promoted"] is won
 
         with sync_playwright() as pw:
             browser = pw.chromium.launch(

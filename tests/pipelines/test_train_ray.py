@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import ROOT, break_sample
+from tests.helpers import break_sample, smoke_params
 from vista import recipe
-from vista.config import load_params
 from vista.data.webdata import data_version
 
 pytestmark = pytest.mark.timeout(600)
@@ -36,20 +35,6 @@ def checkpoints(run_dir: Path) -> list[Path]:
     return [p for p in run_dir.glob("checkpoint_*") if p.is_dir()]
 
 
-def smoke(tmp: Path, *extra: str):
-    return load_params(
-        ROOT / "params.yaml",
-        [
-            f"data.prepared_dir={tmp / 'prepared'}",
-            f"data.shards_dir={tmp / 'shards'}",
-            f"train.storage_path={tmp / 'ray'}",
-            f"train.models_dir={tmp / 'models'}",
-            *extra,
-        ],
-        profile="smoke",
-    )
-
-
 def mlflow_runs(uri: str) -> list:
     from mlflow import MlflowClient
 
@@ -65,7 +50,7 @@ def test_two_workers_train_checkpoint_and_resume(tmp_path: Path, ray_local, monk
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
 
-    p = smoke(tmp_path, "train.epochs=1", "tracking.system_metrics_s=0.5")
+    p = smoke_params(tmp_path, "train.epochs=1", "tracking.system_metrics_s=0.5")
     prepare.run(p)
     shard.run(p)
     card = train.run(p)
@@ -97,7 +82,7 @@ def test_two_workers_train_checkpoint_and_resume(tmp_path: Path, ray_local, monk
     assert {"params.yaml", "model_card.json"} <= artifacts and "images" in artifacts
 
     # the same settings with more epochs resume the same run from its last checkpoint
-    p2 = smoke(tmp_path, "train.epochs=2", "tracking.system_metrics_s=0.5")
+    p2 = smoke_params(tmp_path, "train.epochs=2", "tracking.system_metrics_s=0.5")
     assert recipe.run_name(p2) == recipe.run_name(p)
     card2 = train.run(p2)
     assert [h["epoch"] for h in card2["history"]] == [0, 1, 2]
@@ -162,7 +147,7 @@ def test_two_workers_train_checkpoint_and_resume(tmp_path: Path, ray_local, monk
     assert "`@champion`: version 1" in MlflowClient(uri).get_registered_model("vista").description
 
     # other settings: another run
-    assert recipe.run_name(smoke(tmp_path, "train.lr=1e-3")) != recipe.run_name(p)
+    assert recipe.run_name(smoke_params(tmp_path, "train.lr=1e-3")) != recipe.run_name(p)
 
 
 def test_checkpoint_retention_ranks_unevaluated_epochs_last(
@@ -181,7 +166,7 @@ def test_checkpoint_retention_ranks_unevaluated_epochs_last(
     from vista.tracking import run_metrics_history
 
     uri = "sqlite:///" + str(tmp_path / "mlflow.db")
-    p = smoke(
+    p = smoke_params(
         tmp_path,
         "train.epochs=3",
         "train.eval_every=2",

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipelines.cli import app
-from tests.conftest import ROOT
+from tests.helpers import ROOT, smoke_params
 from vista import tracking
 
 SECRET_URI = "http://alice:s3cr3t-pw@127.0.0.1:9"  # port 9 (discard): refused at once
@@ -59,9 +59,8 @@ def test_dataset_source_is_stored_redacted(tmp_path: Path) -> None:
 
 
 def test_checkpoint_settings_are_redacted() -> None:
-    from vista.config import load_params
 
-    p = load_params(ROOT / "params.yaml", [f"tracking.uri={SECRET_URI}"], profile="smoke")
+    p = smoke_params(None, *[f"tracking.uri={SECRET_URI}"])
     tree = tracking.redacted_dump(p)
     assert "s3cr3t" not in repr(tree) and tree["tracking"]["uri"] == "http://***@127.0.0.1:9"
     assert p.tracking.uri == SECRET_URI  # the live settings keep what the client needs

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT, smoke_params
 from vista.config import ParamsError, load_params, validate_params
 
 pytestmark = pytest.mark.timeout(900)
@@ -25,11 +25,9 @@ SPACE = (
 
 
 def sweep_params(tmp: Path, *extra: str):
-    return load_params(
-        ROOT / "params.yaml",
-        [
-            f"data.prepared_dir={tmp / 'prepared'}",
-            f"data.shards_dir={tmp / 'shards'}",
+    return smoke_params(
+        tmp,
+        *[
             "data.num_train=16",
             SPACE,
             "tune.num_samples=4",
@@ -41,7 +39,6 @@ def sweep_params(tmp: Path, *extra: str):
             "tracking.system_metrics_s=0",
             *extra,
         ],
-        profile="smoke",
     )
 
 
@@ -224,7 +221,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(shards: Pat
     cmd = [sys.executable, "-m", "pipelines.cli", "tune", "--params", str(ROOT / "params.yaml"), "--profile", "smoke"]
     cmd += [a for s in sets for a in ("--set", s)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    p = load_params(ROOT / "params.yaml", sets, profile="smoke")
+    p = smoke_params(None, *sets)
     from vista.recipe import sweep_name
 
     uri = os.environ["MLFLOW_TRACKING_URI"]

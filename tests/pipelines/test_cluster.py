@@ -22,8 +22,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.ports import free_port
-from tests.conftest import ROOT
-from vista.config import load_params
+from tests.helpers import ROOT, smoke_params
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
 
@@ -152,7 +151,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     try:
         # the data: smoke shards, served over HTTP by their own process
         sets = [f"data.prepared_dir={tmp / 'prepared'}", f"data.shards_dir={tmp / 'shards'}"]
-        p = load_params(ROOT / "params.yaml", sets, profile="smoke")
+        p = smoke_params(None, *sets)
         prepare.run(p)
         shard.run(p)
         port = free_port()

@@ -10,7 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipelines.cli import app
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 runner = CliRunner()
 

@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from pipelines.cli import app
-from tests.conftest import ROOT
-from tests.ui import VistaUI
+from tests.helpers import ROOT, smoke_params
+from tests.helpers.ui import VistaUI
 
 runner = CliRunner()
 
@@ -75,13 +75,12 @@ def test_a_failed_training_is_one_line_per_worker_and_a_failed_run(
     from ray.train import WorkerGroupError
 
     from pipelines import prepare, shard, train
-    from vista.config import load_params
     from vista.data.webdata import ShardReadError
 
     base = ["--params", str(ROOT / "params.yaml"), "--profile", "smoke"]
     sets = [f"data.prepared_dir={tmp_path / 'p'}", f"data.shards_dir={tmp_path / 's'}"]
     sets += [f"tracking.uri=sqlite:///{tmp_path / 'm.db'}", f"train.models_dir={tmp_path / 'models'}"]
-    p = load_params(ROOT / "params.yaml", sets, profile="smoke")
+    p = smoke_params(None, *sets)
     prepare.run(p)
     shard.run(p)
     failures = {
@@ -136,7 +135,7 @@ def test_ui_on_a_port_in_use_says_so_and_starts_no_server(tmp_path: Path, monkey
 def test_ui_stops_its_server_and_its_workers(tmp_path: Path) -> None:
     """`vista ui` stopped with SIGTERM ends the `mlflow ui` server and every process it started (was: the
     server kept running and holding the port). Ctrl-C (SIGINT) is checked the same way at the end of
-    tests/test_ui_browser.py. Over a backend without these settings' experiment yet, `vista ui` links the
+    tests/pipelines/test_ui_browser.py. Over a backend without these settings' experiment yet, `vista ui` links the
     experiments list."""
     ui = VistaUI(f"sqlite:///{tmp_path / 'mlflow.db'}")
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import shared_path
+from tests.helpers import shared_path
 from vista.models import create_attention
 
 

@@ -14,7 +14,7 @@ from vista.models.attention import (
     message_evidence,
     pixel_adaptive_filter,
 )
-from vista.models.reference import unfold_filter, unfold_message_evidence
+from vista.models.reference import unfold_message_evidence
 
 IN = (8, 12, 16)  # tiny c2, c3, c4 channels
 
@@ -83,12 +83,38 @@ def _random_filter_cases(n: int = 25) -> list[tuple[int, ...]]:
     return [(r(1, 2), r(1, 5), r(1, 9), r(1, 9), r(1, 5), (1, 3, 5)[r(0, 2)], r(0, 2**16)) for _ in range(n)]
 
 
-@pytest.mark.parametrize(("b", "c", "h", "w", "d", "k", "seed"), _random_filter_cases())
-def test_filter_matches_unfold_reference(b: int, c: int, h: int, w: int, d: int, k: int, seed: int) -> None:
+# every dilation a preset's messages use, on a grid smaller than the largest (taps fall off the border)
+PRESET_DILATIONS = sorted({d for preset in ("paper", "official") for d in attention_config(preset).dilations})
+
+
+@pytest.mark.parametrize(
+    ("b", "c", "h", "w", "d", "k", "seed"),
+    [*_random_filter_cases(), *((2, 3, 9, 11, d, 3, 100 + d) for d in PRESET_DILATIONS)],
+)
+@pytest.mark.parametrize("same", [False, True])
+def test_model_evidence_path_matches_unfold_reference(
+    b: int, c: int, h: int, w: int, d: int, k: int, seed: int, same: bool
+) -> None:
+    """The op the attention calls (``message_evidence``: the filtered sender and the evidence, values and
+    gradients) against the unfold oracle, over random shapes and every dilation of the presets."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(b, c, h, w, generator=g, dtype=torch.float64)
-    kern = torch.randn(b, k * k, h, w, generator=g, dtype=torch.float64)
-    torch.testing.assert_close(pixel_adaptive_filter(x, kern, d, k), unfold_filter(x, kern, d, k))
+
+    def t(n: int) -> torch.Tensor:
+        return torch.randn(b, n, h, w, generator=g, dtype=torch.float64).requires_grad_()
+
+    f_e = t(c)
+    f_r = f_e if same else t(c)
+    kernels = [t(k * k) for _ in range(3)]
+    ours = message_evidence(f_e, f_r, *kernels, d, k, backend="torch")
+    ref = unfold_message_evidence(f_e, f_r, *kernels, d, k)
+    for a, r in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a, r)
+    inputs = [f_e, *kernels] if same else [f_e, f_r, *kernels]
+    weights = [torch.randn(r.shape, generator=g, dtype=torch.float64) for r in ref]  # not a symmetric loss
+    g_ours = torch.autograd.grad(sum((o * wt).sum() for o, wt in zip(ours, weights, strict=True)), inputs)
+    g_ref = torch.autograd.grad(sum((r * wt).sum() for r, wt in zip(ref, weights, strict=True)), inputs)
+    for a, r in zip(g_ours, g_ref, strict=True):
+        torch.testing.assert_close(a, r)
 
 
 @pytest.mark.parametrize(("d", "k"), [(1, 3), (4, 3), (2, 5), (3, 1)])

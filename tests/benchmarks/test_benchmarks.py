@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 GPU = ROOT / "benchmarks" / "gpu.py"
 # the script runs where only torch (+ timm) is installed: these must not be imported

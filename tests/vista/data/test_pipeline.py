@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import ROOT, break_sample, rewrite_member, shared_path
+from tests.helpers import ROOT, break_sample, rewrite_member, shared_path
 from vista.config import load_params
 from vista.data import shards_dir
 from vista.data.manifest import PrepareError, prepare, read_manifest, ref_of

@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 
 from pipelines.ports import free_port
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 START_S = 180.0  # how long `mlflow ui` may take to answer on a loaded 2-core box before the test gives up
 
