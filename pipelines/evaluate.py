@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vista.checkpoint import read_trained
-from vista.config import Params, with_overrides
+from vista.config import Params, apply_override, with_overrides
 from vista.data import shards_location
 from vista.data.webdata import eval_loader, load_index
 from vista.engine import evaluate, resolve_device
@@ -33,11 +33,7 @@ def nest(flat: dict[str, float]) -> dict[str, Any]:
     """``{"val/seg/miou": x}`` -> ``{"val": {"seg": {"miou": x}}}``."""
     out: dict[str, Any] = {}
     for key, value in flat.items():
-        node = out
-        *parents, leaf = key.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
+        apply_override(out, key, value, sep="/")
     return out
 
 

@@ -9,7 +9,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from vista.config import ParamsError, validate_params
+from vista.config import ParamsError, apply_override, validate_params
 
 
 def promote(params_path: Path, best_path: Path, write: bool, console: Console | None = None) -> dict[str, tuple]:
@@ -42,13 +42,7 @@ def promote(params_path: Path, best_path: Path, write: bool, console: Console | 
     ry.preserve_quotes = True
     doc = ry.load(params_path.read_text())
     for key, (_, new) in diff.items():
-        node = doc
-        *parents, leaf = key.split(".")
-        for p in parents:
-            if p not in node or node[p] is None:
-                node[p] = {}
-            node = node[p]
-        node[leaf] = new
+        apply_override(doc, key, new)
     import io
 
     buf = io.StringIO()

@@ -364,16 +364,20 @@ def _parse_value(raw: str) -> Any:
         return raw
 
 
-def apply_override(tree: dict[str, Any], key: str, value: Any) -> None:
-    """Set ``tree[a][b][c] = value`` for ``key="a.b.c"``, creating missing mappings."""
-    parts = key.split(".")
+def apply_override(tree: dict[str, Any], key: str, value: Any, sep: str = ".") -> None:
+    """Set ``tree[a][b][c] = value`` for ``key="a.b.c"`` (parts split at ``sep``), creating missing
+    mappings (also where a section is empty: ``None``). The one dotted-key writer: overrides, metric
+    trees (``val/seg/miou``), the round-trip YAML of ``vista tune promote``."""
+    parts = key.split(sep)
     if not key or any(not p for p in parts):
         raise ParamsError(f"override key {key!r}: expected dotted keys like 'train.lr'")
     node = tree
     for i, p in enumerate(parts[:-1]):
-        child = node.setdefault(p, {})
+        child = node.get(p)
+        if child is None:
+            child = node[p] = {}
         if not isinstance(child, dict):
-            raise ParamsError(f"override {key}={value!r}: {'.'.join(parts[: i + 1])} is not a section")
+            raise ParamsError(f"override {key}={value!r}: {sep.join(parts[: i + 1])} is not a section")
         node = child
     node[parts[-1]] = value
 
