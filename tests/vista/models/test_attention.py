@@ -127,23 +127,6 @@ def test_filter_with_constant_kernel_is_a_depthwise_conv(d: int, k: int) -> None
     torch.testing.assert_close(pixel_adaptive_filter(x, kern, d, k), expected)
 
 
-@pytest.mark.parametrize("same", [False, True])
-def test_message_evidence_matches_reference_values_and_gradients(same: bool) -> None:
-    b, c, h, w, d, k = 2, 3, 7, 6, 2, 3
-    f_e = torch.randn(b, c, h, w, dtype=torch.float64, requires_grad=True)
-    f_r = f_e if same else torch.randn(b, c, h, w, dtype=torch.float64, requires_grad=True)
-    kernels = [torch.randn(b, k * k, h, w, dtype=torch.float64, requires_grad=True) for _ in range(3)]
-    ours = message_evidence(f_e, f_r, *kernels, d, k)
-    ref = unfold_message_evidence(f_e, f_r, *kernels, d, k)
-    for a, r in zip(ours, ref, strict=True):
-        torch.testing.assert_close(a, r)
-    inputs = [f_e, *kernels] if same else [f_e, f_r, *kernels]
-    g_ours = torch.autograd.grad(sum(t.square().sum() for t in ours), inputs)
-    g_ref = torch.autograd.grad(sum(t.square().sum() for t in ref), inputs)
-    for a, r in zip(g_ours, g_ref, strict=True):
-        torch.testing.assert_close(a, r)
-
-
 def _evidence_inputs(b: int, c: int, h: int, w: int, k: int, seed: int, same: bool, layout: str, dtype: torch.dtype):
     g = torch.Generator().manual_seed(seed)
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
