@@ -25,7 +25,16 @@ from vista.config import Params, project_path
 from vista.data import shards_location
 from vista.recipe import run_name
 
-from .ray_worker import CHECKPOINT_FILE, NODES_TAG, SCORE_KEY, checkpoint_files, train_loop_per_worker
+from .ray_worker import (
+    CHECKPOINT_FILE,
+    NODES_TAG,
+    SCORE_KEY,
+    checkpoint_files,
+    for_workers,
+    from_driver,
+    ray_env,
+    train_loop_per_worker,
+)
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -35,6 +44,9 @@ __all__ = [
     "checkpoint_files",
     "failure_reason",
     "fit",
+    "for_workers",
+    "from_driver",
+    "ray_env",
     "ray_init",
     "ray_logging",
     "require_shards",
@@ -66,7 +78,7 @@ def ray_init(verbose: bool = False) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local run needs no token (loopback only)
-    env_vars = tracking.ray_env()
+    env_vars = ray_env()
     runtime_env = {"env_vars": env_vars} if env_vars else None
     if os.environ.get("RAY_ADDRESS"):  # inside `ray job submit`, or pointed at a cluster
         ray.init(runtime_env=runtime_env, **ray_logging(verbose))
@@ -140,7 +152,7 @@ def fit(
     location, index = shards or shard_index(params)
     t = params.train
     storage = storage_path or t.storage_path
-    worker_uri = tracking.for_workers(mlflow_run[0]) if mlflow_run else None  # before Ray starts: env
+    worker_uri = for_workers(mlflow_run[0]) if mlflow_run else None  # before Ray starts: env
     ray_init(verbose)
     lines = EpochFeed(feed, t.epochs, t.best_metric, t.time_budget_s) if feed is not None else None
     callbacks = [*callbacks, *([lines.callback] if lines else [])]

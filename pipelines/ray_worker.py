@@ -4,6 +4,8 @@
   ``vista.engine``; Ray adds only workers, devices, reports and checkpoints.
 - Every epoch: ``ray.train.report`` with metrics keyed ``split/task/metric`` and a checkpoint from rank 0.
   Epoch 0 is the evaluation at initialisation.
+- Credentials: a tracking URI with credentials reaches the workers through the environment only
+  (:func:`for_workers`, :func:`from_driver`, :func:`ray_env`).
 - Resume: a restarted worker continues from the last reported checkpoint (:func:`checkpoint_files` reads
   it, also from object storage).
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -53,6 +56,39 @@ def checkpoint_files(checkpoint: Any) -> Iterator[Path]:
         return
     with tempfile.TemporaryDirectory(prefix="vista_checkpoint_") as d:
         yield Path(checkpoint.to_directory(d))
+
+
+# the credential hand-off: a tracking URI with credentials never goes into Ray's task arguments or Tune's
+# saved state; the workers get it from the environment
+
+
+def for_workers(uri: str) -> str:
+    """The tracking URI to hand to Ray (task arguments, Tune's saved sweep state): ``uri`` itself when
+    it has no credentials; otherwise its redacted form, with the real one exported as
+    ``$MLFLOW_TRACKING_URI`` (which a local Ray instance's workers inherit and :func:`ray_env` passes on)."""
+    if tracking.redact(uri) == uri:
+        return uri
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    return tracking.redact(uri)
+
+
+def from_driver(uri: str) -> str:
+    """In a Ray worker: the real URI behind what :func:`for_workers` handed over."""
+    if "://***@" not in uri:
+        return uri
+    env = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if tracking.redact(env) != uri:
+        raise ConnectionError(
+            f"tracking URI {uri}: its credentials stay on the driver; set MLFLOW_TRACKING_URI (with them) in the "
+            "environment of the Ray cluster's nodes"
+        )
+    return env
+
+
+def ray_env() -> dict[str, str]:
+    """Environment variables a Ray job must carry to its workers (a credentialed ``$MLFLOW_TRACKING_URI``)."""
+    env = os.environ.get("MLFLOW_TRACKING_URI", "")
+    return {"MLFLOW_TRACKING_URI": env} if env and tracking.redact(env) != env else {}
 
 
 def worker_nodes(world: int) -> list[str]:
@@ -217,7 +253,7 @@ class RankZeroLog:
         self, config: dict[str, Any], params: Params, model: Any, shards: tuple[str, dict[str, Any]], device: Any
     ) -> None:
         self.uri, self.run_id, self.params = (
-            tracking.from_driver(config["tracking_uri"]),
+            from_driver(config["tracking_uri"]),
             config["mlflow_run_id"],
             params,
         )

@@ -94,7 +94,7 @@ def run_trial(config: dict[str, Any]) -> None:
 
     params = trial_params(config["base"], config["overrides"])
     trial_id = tune.get_context().get_trial_id()  # stable across Tuner.restore
-    uri, parent, sweep = tracking.from_driver(config["tracking_uri"]), config["parent_run_id"], config["sweep"]
+    uri, parent, sweep = ray_train.from_driver(config["tracking_uri"]), config["parent_run_id"], config["sweep"]
     tags = {"mlflow.parentRunId": parent, "sweep": sweep, "trial_id": trial_id}
     tags.update({f"tune.{k}": json.dumps(v) for k, v in config["overrides"].items()})
     run_id = tracking.start_run(uri, config["experiment"], f"{sweep}/{trial_id}", params.flatten(), tags)
@@ -193,7 +193,7 @@ def run(params: Params, console: Console | None = None) -> dict[str, Any]:
     # save the sweep's state within ~2 s of a change (Ray's default waits up to 10 s), so that a killed
     # driver loses no finished trial
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
-    worker_uri = tracking.for_workers(uri)  # Tune saves the config on disk: no credentials in it
+    worker_uri = ray_train.for_workers(uri)  # Tune saves the config on disk: no credentials in it
     ray_train.ray_init(verbose=True)  # as before: Tune's reporter shows the trials, not the epoch feed
     config = {
         "overrides": search_space(params),

@@ -61,35 +61,6 @@ def redacted_dump(params: Any) -> dict[str, Any]:
     return tree
 
 
-def for_workers(uri: str) -> str:
-    """The tracking URI to hand to Ray (task arguments, Tune's saved sweep state): ``uri`` itself when
-    it has no credentials; otherwise its redacted form, with the real one exported as
-    ``$MLFLOW_TRACKING_URI`` (which a local Ray instance's workers inherit and :func:`ray_env` passes on)."""
-    if redact(uri) == uri:
-        return uri
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    return redact(uri)
-
-
-def from_driver(uri: str) -> str:
-    """In a Ray worker: the real URI behind what :func:`for_workers` handed over."""
-    if "://***@" not in uri:
-        return uri
-    env = os.environ.get("MLFLOW_TRACKING_URI", "")
-    if redact(env) != uri:
-        raise ConnectionError(
-            f"tracking URI {uri}: its credentials stay on the driver; set MLFLOW_TRACKING_URI (with them) in the "
-            "environment of the Ray cluster's nodes"
-        )
-    return env
-
-
-def ray_env() -> dict[str, str]:
-    """Environment variables a Ray job must carry to its workers (a credentialed ``$MLFLOW_TRACKING_URI``)."""
-    env = os.environ.get("MLFLOW_TRACKING_URI", "")
-    return {"MLFLOW_TRACKING_URI": env} if env and redact(env) != env else {}
-
-
 def check_server(uri: str, timeout_s: float = CHECK_TIMEOUT_S) -> None:
     """An ``http(s)://`` tracking server answers its ``/health`` within ``timeout_s``, else ``ConnectionError``
     naming it (credentials redacted). Other backends (sqlite, files, databricks) are not probed.

@@ -94,13 +94,15 @@ def test_credentials_reach_ray_workers_through_the_environment_only(monkeypatch:
     from the environment the driver exports and passes on as Ray's runtime env."""
     import os
 
+    from pipelines import ray_train
+
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "")  # restored after the test
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
-    assert tracking.for_workers("sqlite:///x.db") == "sqlite:///x.db" and tracking.ray_env() == {}
-    handed = tracking.for_workers(SECRET_URI)
+    assert ray_train.for_workers("sqlite:///x.db") == "sqlite:///x.db" and ray_train.ray_env() == {}
+    handed = ray_train.for_workers(SECRET_URI)
     assert handed == "http://***@127.0.0.1:9" and os.environ["MLFLOW_TRACKING_URI"] == SECRET_URI
-    assert tracking.ray_env() == {"MLFLOW_TRACKING_URI": SECRET_URI}
-    assert tracking.from_driver(handed) == SECRET_URI
+    assert ray_train.ray_env() == {"MLFLOW_TRACKING_URI": SECRET_URI}
+    assert ray_train.from_driver(handed) == SECRET_URI
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     with pytest.raises(ConnectionError, match=r"http://\*\*\*@127\.0\.0\.1:9: its credentials stay on the driver"):
-        tracking.from_driver(handed)
+        ray_train.from_driver(handed)
