@@ -100,10 +100,30 @@ def shard_urls(location: str, split: str, index: dict[str, Any] | None = None) -
     return [f"{base}/{_shard_file(s.get('file'), f'{base}/shards.json')}" for s in index["splits"][split]["shards"]]
 
 
-def shard_digests(location: str, split: str, index: dict[str, Any]) -> dict[str, str]:
-    """``{shard url: sha256}`` of ``split`` in shard order, as :func:`shard_urls` names the shards."""
+def shard_entries(location: str, split: str, index: dict[str, Any]) -> dict[str, tuple[str, int]]:
+    """``{shard url: (sha256, samples)}`` of ``split`` in shard order, checked, not trusted: every shard
+    has a sha256 (its bytes are checked against it as they stream in) and a sample count (checked against
+    what the tar holds), the counts add up to the split's, and the split is not empty."""
+    where = f"{str(location).rstrip('/')}/shards.json"
     urls = shard_urls(location, split, index)
-    return {u: s.get("sha256", "") for u, s in zip(urls, index["splits"][split]["shards"], strict=True)}
+    entries = index["splits"][split]["shards"]
+    out: dict[str, tuple[str, int]] = {}
+    for url, entry in zip(urls, entries, strict=True):
+        sha, n = entry.get("sha256"), entry.get("samples")
+        if not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            raise ValueError(
+                f"{where}: shard {entry.get('file')!r} of split {split!r} has no valid sha256 ({sha!r}); every "
+                "shard needs one (re-run `vista shard`)"
+            )
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"{where}: shard {entry.get('file')!r} of split {split!r} has samples={n!r}; need >= 1")
+        out[url] = (sha, n)
+    total, listed = index["splits"][split].get("samples"), sum(n for _, n in out.values())
+    if not out or not listed:
+        raise ValueError(f"{where}: split {split!r} has no samples (re-run `vista shard`)")
+    if total != listed:
+        raise ValueError(f"{where}: split {split!r} says {total!r} samples but its shards list {listed}")
+    return out
 
 
 class _HashingReader:
@@ -129,16 +149,24 @@ class _HashingReader:
         self.stream.close()
 
 
-def _verified_samples(digests: dict[str, str]) -> Callable[[Iterator[dict[str, Any]]], Iterator[dict[str, Any]]]:
-    """WebDataset's ``tarfile_to_samples`` with each shard's sha256 checked at its end and errors that
-    name the shard (WebDataset's own attach the open stream, which cannot cross process boundaries)."""
+def _verified_samples(
+    entries: dict[str, tuple[str, int]],
+) -> Callable[[Iterator[dict[str, Any]]], Iterator[dict[str, Any]]]:
+    """WebDataset's ``tarfile_to_samples`` with each shard's sha256 and sample count (``entries``:
+    :func:`shard_entries`) checked at its end, and errors that name the shard (WebDataset's own attach the
+    open stream, which cannot cross process boundaries)."""
 
     def files(src: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         for source in wds.tariterators.url_opener(src):
             url = source["url"]
             reader = _HashingReader(source["stream"], url)
+            keys, last = 0, None
             try:
-                yield from wds.tariterators.tar_file_expander([{**source, "stream": reader}])
+                for member in wds.tariterators.tar_file_expander([{**source, "stream": reader}]):
+                    # the end-of-shard marker ({}) names no file; samples group by base_plus_ext
+                    key = wds.tariterators.base_plus_ext(member["fname"])[0] if "fname" in member else None
+                    keys, last = keys + (key is not None and key != last), key if key is not None else last
+                    yield member
                 digest = reader.hexdigest_to_end()
             except (tarfile.TarError, OSError, EOFError) as err:
                 raise ShardReadError(
@@ -146,12 +174,14 @@ def _verified_samples(digests: dict[str, str]) -> Callable[[Iterator[dict[str, A
                 ) from None
             finally:
                 reader.close()
-            expected = digests.get(url)
-            if expected and digest != expected:
+            expected, count = entries[url]
+            if digest != expected:
                 raise ShardReadError(
                     f"{url}: sha256 {digest[:12]}… differs from shards.json's {expected[:12]}…: the shard changed "
                     "or is corrupt; re-run `vista shard` (or restore it)"
                 )
+            if keys != count:
+                raise ShardReadError(f"{url}: holds {keys} samples, shards.json says {count}; re-run `vista shard`")
 
     def stage(src: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         return wds.tariterators.group_by_keys(files(src))
@@ -301,13 +331,13 @@ def train_loader(
         each epoch has ``ceil(samples_per_epoch / (world_size · batch_size))`` batches per rank.
     """
     index = index if index is not None else load_index(location)
-    digests = shard_digests(location, split, index)
+    entries = shard_entries(location, split, index)
     _, world = distributed_info()
     total = samples_per_epoch or index["splits"][split]["samples"]
     transform = transform or TrainTransform()
     pipeline = wds.DataPipeline(
-        wds.ResampledShards(list(digests), seed=seed, deterministic=True),
-        _verified_samples(digests),
+        wds.ResampledShards(list(entries), seed=seed, deterministic=True),
+        _verified_samples(entries),
         _seeded_shuffle(shuffle_buffer, seed) if shuffle_buffer > 1 else wds.filters.identity,
         wds.map(_train_map(transform, on_bad_sample)),
         *_batching(batch_size, False, on_bad_sample),
@@ -339,14 +369,14 @@ def eval_loader(
     Raises:
         ValueError: fewer shards than ranks × workers.
     """
-    digests = shard_digests(location, split, index if index is not None else load_index(location))
+    entries = shard_entries(location, split, index if index is not None else load_index(location))
     _, world = distributed_info()
-    check_shard_count(len(digests), world, num_workers, split, location)
+    check_shard_count(len(entries), world, num_workers, split, location)
     pipeline = wds.DataPipeline(
-        wds.SimpleShardList(list(digests)),
+        wds.SimpleShardList(list(entries)),
         wds.split_by_node,
         wds.split_by_worker,
-        _verified_samples(digests),
+        _verified_samples(entries),
         wds.map(_guarded(_eval_sample, on_bad_sample)),
         *_batching(batch_size, True, on_bad_sample),
     )
@@ -355,10 +385,10 @@ def eval_loader(
 
 def iter_samples(location: str, split: str) -> Iterator[dict[str, Any]]:
     """Decoded numpy samples of ``split`` in shard order (single process; for checks and tools)."""
-    digests = shard_digests(location, split, load_index(location))
+    entries = shard_entries(location, split, load_index(location))
     pipeline = wds.DataPipeline(
-        wds.SimpleShardList(list(digests)),
-        _verified_samples(digests),
+        wds.SimpleShardList(list(entries)),
+        _verified_samples(entries),
         wds.map(_decode),
     )
     yield from pipeline

@@ -208,6 +208,65 @@ def test_a_corrupt_shard_fails_the_read_naming_it(tmp_path: Path) -> None:
     assert pickle.loads(pickle.dumps(err.value)).args == err.value.args
 
 
+def _tampered_index(tmp_path: Path, change) -> Path:  # noqa: ANN001
+    """Val shards of 4 samples in 2 tars, with ``change(index)`` applied to their shards.json."""
+    import json
+
+    src = get_source("synthetic", "", height=16, width=20, counts={"val": 4})
+    _, out = build(src, tmp_path, splits=("val",), max_samples=2)
+    index = json.loads((out / "shards.json").read_text())
+    change(index["splits"]["val"])
+    (out / "shards.json").write_text(json.dumps(index))
+    return out
+
+
+@pytest.mark.parametrize("sha", [None, "", "0" * 63, "X" * 64])
+def test_every_shard_needs_its_sha256(tmp_path: Path, sha: object) -> None:
+    """A missing, blank or malformed sha256 is an error, never a check turned off (a tampered tar would
+    then evaluate without a word)."""
+
+    def change(split: dict) -> None:
+        if sha is None:
+            del split["shards"][1]["sha256"]
+        else:
+            split["shards"][1]["sha256"] = sha
+
+    out = _tampered_index(tmp_path, change)
+    for read in (lambda: list(iter_samples(str(out), "val")), lambda: eval_loader(str(out), "val", 2)):
+        with pytest.raises(ValueError, match=r"shard 'val-000001\.tar' of split 'val' has no valid sha256"):
+            read()
+
+
+def test_sample_counts_are_checked_not_trusted(tmp_path: Path) -> None:
+    """The split's count must be what its shards list (up front, naming both numbers); a shard's count
+    must be what its tar holds (as it is read); an empty split is refused before any reading."""
+
+    def total(split: dict) -> None:
+        split["samples"] = 400
+
+    out = _tampered_index(tmp_path / "a", total)
+    with pytest.raises(ValueError, match=r"split 'val' says 400 samples but its shards list 4"):
+        eval_loader(str(out), "val", 2)
+    with pytest.raises(ValueError, match=r"split 'val' says 400 samples"):
+        train_loader(str(out), 2, split="val")
+
+    def per_shard(split: dict) -> None:
+        split["shards"][0]["samples"], split["samples"] = 200, 202
+
+    from vista.data.webdata import ShardReadError
+
+    out = _tampered_index(tmp_path / "b", per_shard)
+    with pytest.raises(ShardReadError, match=r"val-000000\.tar: holds 2 samples, shards\.json says 200"):
+        list(iter_samples(str(out), "val"))
+
+    def empty(split: dict) -> None:
+        split["shards"], split["samples"] = [], 0
+
+    out = _tampered_index(tmp_path / "c", empty)
+    with pytest.raises(ValueError, match=r"split 'val' has no samples"):
+        train_loader(str(out), 2, split="val")
+
+
 def test_an_undecodable_sample_is_named_by_shard_and_key(tmp_path: Path) -> None:
     from vista.data.webdata import ShardReadError
 
