@@ -44,7 +44,7 @@ class ParamsError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # inf/NaN fail here, not at step 1
 
 
 class AttentionParams(_Strict):
@@ -168,7 +168,7 @@ class TrainParams(_Strict):
     channels_last: bool = False
     compile: bool = False  # torch.compile of the model's forward (CPU or CUDA)
     grad_compression: Literal["none", "fp16", "bf16"] = "none"  # DDP gradient all-reduce in this dtype
-    loss_weights: dict[Task, float] = {"depth": 1.0, "seg": 1.0, "normal": 1.0}
+    loss_weights: dict[Task, Annotated[float, Field(ge=0)]] = {"depth": 1.0, "seg": 1.0, "normal": 1.0}
     aux_weight: float = Field(0.2, ge=0)
     normal_loss: Literal["acos", "cosine"] = "acos"
     seed: int = 0
@@ -356,8 +356,31 @@ def flatten(tree: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[s
     return out
 
 
-def _parse_value(raw: str) -> Any:
-    # YAML scalars and flow sequences: "3", "1e-4", "true", "[1, 4, 8]", "null", "vista_r50"
+MAX_OVERRIDE_DEPTH = 16  # nesting of a --set value ({a: [b, ...]}); far deeper than any setting
+_OPEN = (
+    yaml.FlowSequenceStartToken,
+    yaml.FlowMappingStartToken,
+    yaml.BlockSequenceStartToken,
+    yaml.BlockMappingStartToken,
+)
+_CLOSE = (yaml.FlowSequenceEndToken, yaml.FlowMappingEndToken, yaml.BlockEndToken)
+
+
+def _parse_value(raw: str, key: str = "?") -> Any:
+    """YAML scalars and flow collections: "3", "1e-4", "true", "[1, 4, 8]", "null", "vista_r50"; text
+    that is not YAML stays text. Refused before anything is built: anchors and aliases (a few hundred
+    characters of them expand to gigabytes) and nesting deeper than :data:`MAX_OVERRIDE_DEPTH`."""
+    try:
+        tokens = list(yaml.scan(raw))
+    except yaml.YAMLError:
+        return raw
+    depth = 0
+    for token in tokens:
+        if isinstance(token, yaml.AliasToken | yaml.AnchorToken):
+            raise ParamsError(f"override {key}: YAML anchors and aliases (& and *) are not allowed; quote the value")
+        depth += isinstance(token, _OPEN) - isinstance(token, _CLOSE)
+        if depth > MAX_OVERRIDE_DEPTH:
+            raise ParamsError(f"override {key}: nested deeper than {MAX_OVERRIDE_DEPTH} levels")
     try:
         return yaml.safe_load(raw)
     except yaml.YAMLError:
@@ -389,7 +412,7 @@ def parse_overrides(overrides: Iterable[str]) -> list[tuple[str, Any]]:
         key, sep, raw = item.partition("=")
         if not sep:
             raise ParamsError(f"override {item!r}: expected key=value, e.g. train.epochs=2")
-        out.append((key.strip(), _parse_value(raw.strip())))
+        out.append((key.strip(), _parse_value(raw.strip(), key.strip())))
     return out
 
 

@@ -78,6 +78,16 @@ def test_overrides_are_typed_and_applied_after_the_profile() -> None:
         ("data.image_size=[0, 0]", r"data\.image_size\.0=0"),
         ("train.resources_per_worker={CPU: -1}", r"train\.resources_per_worker\.CPU=-1"),
         ("tune.trial_resources={CPU: -0.5}", r"tune\.trial_resources\.CPU=-0\.5"),
+        # accepted before, then failed ~1 min later at step 1, or never (a weight that flips a loss)
+        ("train.lr=inf", r"train\.lr='inf': Input should be a finite number"),
+        ("train.lr_mult=.inf", r"train\.lr_mult=inf: Input should be a finite number"),
+        ("train.weight_decay=.nan", r"train\.weight_decay=nan: Input should be a finite number"),
+        ("train.loss_weights={depth: -1}", r"train\.loss_weights\.depth=-1: .*greater than or equal to 0"),
+        ("train.loss_weights={seg: .nan}", r"train\.loss_weights\.seg=nan: Input should be a finite number"),
+        # a 309-character alias bomb grew past 5 GB; 5000-deep nesting ended in a RecursionError
+        ("model.attention.dilations=" + "&a [x, x]", r"override model\.attention\.dilations: YAML anchors and aliases"),
+        ("train.lr=*a", r"override train\.lr: YAML anchors and aliases"),
+        ("train.lr=" + "[" * 5000 + "]" * 5000, r"override train\.lr: nested deeper than 16 levels"),
         ("eval.device=gpu", r"eval\.device='gpu'"),
     ],
 )
